@@ -1,0 +1,270 @@
+//! Configuration: command-line flags and environment variables in, a validated
+//! [`Config`] out. A flag beats its environment variable, which beats the default.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Everything the server can be told.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub bind: IpAddr,
+    pub event_port: u16,
+    pub client_port: u16,
+    /// Most events held beyond the next expected seq.
+    pub max_window: u64,
+    /// `None`: wait for a missing seq forever.
+    pub gap_timeout: Option<Duration>,
+    /// Keep seq and follow graph across event-source sessions.
+    pub keep_state: bool,
+    /// Pending output per client above which event sources are no longer read.
+    pub client_buffer_limit: usize,
+    /// A client with pending output that takes no bytes this long is disconnected.
+    pub stall_timeout: Duration,
+    /// A connection must send its id within this.
+    pub auth_timeout: Duration,
+    pub max_clients: usize,
+    /// `None`: no periodic stats line.
+    pub stats_interval: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: IpAddr::from([127, 0, 0, 1]),
+            event_port: 9090,
+            client_port: 9099,
+            max_window: 1 << 20,
+            gap_timeout: Some(Duration::from_millis(2000)),
+            keep_state: false,
+            client_buffer_limit: 1 << 20,
+            stall_timeout: Duration::from_millis(5000),
+            auth_timeout: Duration::from_millis(5000),
+            max_clients: 10_000,
+            stats_interval: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    Run(Config),
+    Help,
+    Version,
+}
+
+pub const USAGE: &str = "\
+Usage: follower-maze [OPTIONS]
+
+Reads events on the event port and delivers notifications to user clients on the client port.
+
+Options (flag, environment variable, default):
+  --event-port N           eventListenerPort    9090   0 picks a free port
+  --client-port N          clientListenerPort   9099   0 picks a free port
+  --bind ADDR                                   127.0.0.1
+  --max-window N                                1048576  events held out of order at most
+  --gap-timeout-ms N                            2000   skip a missing seq after this; 0 = never
+  --keep-state                                  keep seq and follow graph across sessions
+  --client-buffer-limit N                       1048576  bytes pending per client before
+                                                       event sources are paused
+  --stall-timeout-ms N                          5000   drop a client that takes no bytes
+  --auth-timeout-ms N                           5000   drop a connection with no id by then
+  --max-clients N                               10000  connections beyond are closed at once
+  --stats-interval-s N                          10     stats line period; 0 = off
+  -h, --help                                    print this and exit
+  -V, --version                                 print the version and exit
+
+Logging: RUST_LOG (or logLevel) = error|warn|info|debug|trace; default info.";
+
+/// Parses `args` (without the program name), reading environment variables through `env`.
+pub fn parse<I, E>(args: I, env: E) -> Result<Command, String>
+where
+    I: IntoIterator<Item = String>,
+    E: Fn(&str) -> Option<String>,
+{
+    let mut c = Config::default();
+    if let Some(v) = env("eventListenerPort") {
+        c.event_port = number(&v, "eventListenerPort")?;
+    }
+    if let Some(v) = env("clientListenerPort") {
+        c.client_port = number(&v, "clientListenerPort")?;
+    }
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg, None),
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--keep-state" if inline.is_none() => {
+                c.keep_state = true;
+                continue;
+            }
+            _ => {}
+        }
+        let mut value = || -> Result<String, String> {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--event-port" => c.event_port = number(&value()?, &flag)?,
+            "--client-port" => c.client_port = number(&value()?, &flag)?,
+            "--bind" => {
+                let v = value()?;
+                c.bind = v.parse().map_err(|_| {
+                    format!("invalid value '{v}' for --bind: expected an IP address")
+                })?;
+            }
+            "--max-window" => {
+                c.max_window = number(&value()?, &flag)?;
+                if c.max_window == 0 || c.max_window > 1 << 30 {
+                    return Err("--max-window must be between 1 and 1073741824".into());
+                }
+            }
+            "--gap-timeout-ms" => c.gap_timeout = millis(&value()?, &flag)?,
+            "--client-buffer-limit" => {
+                c.client_buffer_limit = number(&value()?, &flag)?;
+                if c.client_buffer_limit == 0 {
+                    return Err("--client-buffer-limit must be at least 1".into());
+                }
+            }
+            "--stall-timeout-ms" => c.stall_timeout = required_millis(&value()?, &flag)?,
+            "--auth-timeout-ms" => c.auth_timeout = required_millis(&value()?, &flag)?,
+            "--max-clients" => c.max_clients = number(&value()?, &flag)?,
+            "--stats-interval-s" => {
+                let secs: u64 = number(&value()?, &flag)?;
+                c.stats_interval = (secs > 0).then(|| Duration::from_secs(secs));
+            }
+            _ => return Err(format!("unknown option '{flag}' (see --help)")),
+        }
+    }
+    if c.event_port != 0 && c.event_port == c.client_port {
+        return Err(format!("event and client ports are both {}", c.event_port));
+    }
+    Ok(Command::Run(c))
+}
+
+fn number<T: std::str::FromStr>(v: &str, name: &str) -> Result<T, String> {
+    v.trim()
+        .parse()
+        .map_err(|_| format!("invalid value '{v}' for {name}: expected a whole number in range"))
+}
+
+/// Milliseconds where 0 means "never".
+fn millis(v: &str, name: &str) -> Result<Option<Duration>, String> {
+    let ms: u64 = number(v, name)?;
+    Ok((ms > 0).then(|| Duration::from_millis(ms)))
+}
+
+fn required_millis(v: &str, name: &str) -> Result<Duration, String> {
+    millis(v, name)?.ok_or_else(|| format!("{name} must be at least 1"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Command, String> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse(args.iter().map(|s| s.to_string()), |k| {
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+    }
+
+    fn config(args: &[&str], env: &[(&str, &str)]) -> Config {
+        match run(args, env) {
+            Ok(Command::Run(c)) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        assert_eq!(config(&[], &[]), Config::default());
+        assert_eq!(Config::default().event_port, 9090);
+        assert_eq!(Config::default().client_port, 9099);
+    }
+
+    #[test]
+    fn flag_beats_env_beats_default() {
+        let env = [
+            ("eventListenerPort", "7000"),
+            ("clientListenerPort", "7001"),
+        ];
+        let c = config(&[], &env);
+        assert_eq!((c.event_port, c.client_port), (7000, 7001));
+        let c = config(&["--event-port", "8000", "--client-port=8001"], &env);
+        assert_eq!((c.event_port, c.client_port), (8000, 8001));
+    }
+
+    #[test]
+    fn every_flag() {
+        let c = config(
+            &[
+                "--bind",
+                "0.0.0.0",
+                "--max-window",
+                "64",
+                "--gap-timeout-ms",
+                "0",
+                "--keep-state",
+                "--client-buffer-limit",
+                "4096",
+                "--stall-timeout-ms",
+                "10",
+                "--auth-timeout-ms",
+                "20",
+                "--max-clients",
+                "3",
+                "--stats-interval-s",
+                "0",
+                "--event-port",
+                "0",
+                "--client-port",
+                "0",
+            ],
+            &[],
+        );
+        assert_eq!(c.bind, IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(c.max_window, 64);
+        assert_eq!(c.gap_timeout, None);
+        assert!(c.keep_state);
+        assert_eq!(c.client_buffer_limit, 4096);
+        assert_eq!(c.stall_timeout, Duration::from_millis(10));
+        assert_eq!(c.auth_timeout, Duration::from_millis(20));
+        assert_eq!(c.max_clients, 3);
+        assert_eq!(c.stats_interval, None);
+    }
+
+    #[test]
+    fn help_and_version() {
+        assert_eq!(run(&["--help"], &[]), Ok(Command::Help));
+        assert_eq!(run(&["-V"], &[]), Ok(Command::Version));
+    }
+
+    #[test]
+    fn bad_values_are_one_line_errors() {
+        for args in [
+            &["--event-port", "70000"][..],
+            &["--event-port", "x"],
+            &["--event-port"],
+            &["--bind", "nowhere"],
+            &["--max-window", "0"],
+            &["--auth-timeout-ms", "0"],
+            &["--frobnicate"],
+            &["--keep-state=yes"],
+            &["--event-port", "5", "--client-port", "5"],
+        ] {
+            let err = run(args, &[]).unwrap_err();
+            assert!(!err.contains('\n') && !err.is_empty(), "{args:?}: {err}");
+        }
+        assert!(run(&[], &[("eventListenerPort", "-1")]).is_err());
+    }
+}

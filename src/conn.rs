@@ -1,0 +1,101 @@
+//! One connection: its socket, its role, its read side and its write buffer.
+//!
+//! The server owns every `Conn` in a slab; this module only knows how to move bytes for
+//! one of them. It decides nothing about events, users or other connections.
+
+use crate::lines::LineSplitter;
+use crate::outbuf::OutBuf;
+use mio::net::TcpStream;
+use std::io::{self, Read};
+use std::time::Instant;
+
+/// Longest event payload accepted (SPEC: event lines longer than 1 KiB are errors).
+pub const MAX_EVENT_LINE: usize = 1024;
+/// Longest id payload accepted.
+pub const MAX_ID_LINE: usize = 64;
+/// Bytes read from an event source per `read` call.
+pub const SOURCE_CHUNK: usize = 32 * 1024;
+
+/// What a connection is for, and the state that role needs.
+pub enum Role {
+    /// An event source: its read side lives with the server's source list.
+    Source,
+    /// A user client that has not sent its id yet.
+    Pending {
+        lines: LineSplitter,
+        deadline: Instant,
+    },
+    /// An identified user client: receives notifications, its input is discarded.
+    Client { user: u64 },
+}
+
+/// One accepted socket and everything the server keeps for it.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub role: Role,
+    pub out: OutBuf,
+    /// Flagged for removal after the current dispatch; receives nothing more.
+    pub closing: bool,
+    /// Listed in the server's dirty list (has output appended since the last flush).
+    pub dirty: bool,
+    /// Pending output is above the client buffer limit (counted in the server).
+    pub over_limit: bool,
+    /// Since when the socket took no bytes while output was pending.
+    pub stalled_since: Instant,
+}
+
+/// Result of one read into a line splitter.
+pub enum Filled {
+    /// Bytes were added.
+    Bytes(usize),
+    /// Nothing to read now.
+    WouldBlock,
+    /// The peer closed (or the socket failed; the error is returned to be logged).
+    Closed(Option<io::Error>),
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, role: Role, now: Instant) -> Self {
+        Conn {
+            stream,
+            role,
+            out: OutBuf::default(),
+            closing: false,
+            dirty: false,
+            over_limit: false,
+            stalled_since: now,
+        }
+    }
+}
+
+/// One `read` from `stream` into `lines`, retrying `Interrupted`.
+pub fn fill(stream: &mut TcpStream, lines: &mut LineSplitter) -> Filled {
+    loop {
+        return match stream.read(lines.spare()) {
+            Ok(0) => Filled::Closed(None),
+            Ok(n) => {
+                lines.filled(n);
+                Filled::Bytes(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Filled::WouldBlock,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Filled::Closed(Some(e)),
+        };
+    }
+}
+
+/// Reads and discards up to `budget` bytes from `stream`.
+pub fn discard(stream: &mut TcpStream, budget: usize) -> (usize, Filled) {
+    let mut scratch = [0u8; 4096];
+    let mut total = 0;
+    while total < budget {
+        match stream.read(&mut scratch) {
+            Ok(0) => return (total, Filled::Closed(None)),
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (total, Filled::WouldBlock),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (total, Filled::Closed(Some(e))),
+        }
+    }
+    (total, Filled::Bytes(total))
+}

@@ -1,0 +1,327 @@
+//! Events: one payload line from the splitter in, a compact [`Event`] out.
+//!
+//! [`parse`] tells three cases apart, as SPEC.md asks: a valid event; a **no-op** (valid seq,
+//! malformed rest: it keeps its place in the sequence and notifies no one); and **junk**
+//! (no valid seq: discarded). Parsing reads bytes only: no UTF-8 check, no allocation.
+//!
+//! An event does not keep its payload bytes. A payload in canonical form (no leading zeros)
+//! is re-rendered from the numbers at delivery by [`Event::render`], so a window slot stays
+//! 32 bytes; the rare non-canonical payload is kept by the caller (see [`Event::canonical`]).
+
+/// What an event does. `NoOp` holds the place of a malformed line with a valid seq.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Follow,
+    Unfollow,
+    Broadcast,
+    Private,
+    Status,
+    NoOp,
+}
+
+/// One parsed event. `from`/`to` are 0 where the kind has no such field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub seq: u64,
+    pub kind: Kind,
+    pub from: u64,
+    pub to: u64,
+    /// The payload is exactly what [`Event::render`] produces; when false the caller must
+    /// keep the original bytes to deliver them unchanged.
+    pub canonical: bool,
+}
+
+/// Why a line is not a valid event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// The first field is not a seq (empty, not digits, 0, or over u64): discard the line.
+    Junk,
+    /// The seq is valid but the rest is malformed: the seq still takes its place.
+    NoOp { seq: u64, why: Malformed },
+}
+
+/// What was wrong with the rest of a line that had a valid seq.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Malformed {
+    /// No type field, or not one of F, U, B, P, S.
+    UnknownType,
+    /// Too few or too many fields for the type.
+    FieldCount,
+    /// A user id that is not a decimal u64.
+    BadId,
+}
+
+/// Longest canonical rendering: `seq|F|from|to\r\n` with three 20-digit numbers.
+pub const MAX_RENDERED: usize = 20 + 3 + 20 + 1 + 20 + 2;
+
+/// Parses one payload (terminator already stripped).
+pub fn parse(line: &[u8]) -> Result<Event, ParseError> {
+    let mut fields = line.split(|&b| b == b'|');
+    // `split` always yields a first field, possibly empty.
+    let seq_field = fields.next().unwrap_or_default();
+    let seq = match number(seq_field) {
+        Some(seq) if seq >= 1 => seq,
+        _ => return Err(ParseError::Junk),
+    };
+    let noop = |why| Err(ParseError::NoOp { seq, why });
+    let kind = match fields.next() {
+        Some(b"F") => Kind::Follow,
+        Some(b"U") => Kind::Unfollow,
+        Some(b"B") => Kind::Broadcast,
+        Some(b"P") => Kind::Private,
+        Some(b"S") => Kind::Status,
+        _ => return noop(Malformed::UnknownType),
+    };
+    let wanted = match kind {
+        Kind::Broadcast => 0,
+        Kind::Status => 1,
+        _ => 2,
+    };
+    let mut ids = [0u64; 2];
+    let mut canonical = is_canonical(seq_field);
+    let mut count = 0;
+    for field in fields {
+        if count == wanted {
+            return noop(Malformed::FieldCount);
+        }
+        match number(field) {
+            Some(id) => ids[count] = id,
+            None => return noop(Malformed::BadId),
+        }
+        canonical &= is_canonical(field);
+        count += 1;
+    }
+    if count != wanted {
+        return noop(Malformed::FieldCount);
+    }
+    Ok(Event {
+        seq,
+        kind,
+        from: ids[0],
+        to: ids[1],
+        canonical,
+    })
+}
+
+/// A decimal u64: one or more ASCII digits, no sign, no overflow.
+pub fn number(field: &[u8]) -> Option<u64> {
+    if field.is_empty() {
+        return None;
+    }
+    field.iter().try_fold(0u64, |acc, &b| {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        acc.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
+/// Rendering the number gives back these exact bytes (no leading zeros).
+fn is_canonical(field: &[u8]) -> bool {
+    field.len() == 1 || field.first() != Some(&b'0')
+}
+
+impl Event {
+    /// A no-op placeholder holding `seq`'s place in the sequence.
+    pub fn noop(seq: u64) -> Event {
+        Event {
+            seq,
+            kind: Kind::NoOp,
+            from: 0,
+            to: 0,
+            canonical: true,
+        }
+    }
+
+    /// Writes the canonical payload plus `\r\n` into `out`; returns its length. Only
+    /// meaningful for a delivered kind (not `NoOp`).
+    pub fn render(&self, out: &mut [u8; MAX_RENDERED]) -> usize {
+        let mut n = put_number(out, 0, self.seq);
+        let (tag, ids) = match self.kind {
+            Kind::Follow => (b'F', 2),
+            Kind::Unfollow => (b'U', 2),
+            Kind::Private => (b'P', 2),
+            Kind::Status => (b'S', 1),
+            Kind::Broadcast | Kind::NoOp => (b'B', 0),
+        };
+        out[n] = b'|';
+        out[n + 1] = tag;
+        n += 2;
+        for id in [self.from, self.to].into_iter().take(ids) {
+            out[n] = b'|';
+            n = put_number(out, n + 1, id);
+        }
+        out[n] = b'\r';
+        out[n + 1] = b'\n';
+        n + 2
+    }
+}
+
+/// Writes `v` in decimal at `out[at..]`; returns the index after it.
+fn put_number(out: &mut [u8], at: usize, mut v: u64) -> usize {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let len = digits.len() - i;
+    out[at..at + len].copy_from_slice(&digits[i..]);
+    at + len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: u64, kind: Kind, from: u64, to: u64) -> Result<Event, ParseError> {
+        Ok(Event {
+            seq,
+            kind,
+            from,
+            to,
+            canonical: true,
+        })
+    }
+
+    fn noop(seq: u64, why: Malformed) -> Result<Event, ParseError> {
+        Err(ParseError::NoOp { seq, why })
+    }
+
+    #[test]
+    fn the_five_kinds() {
+        assert_eq!(parse(b"666|F|60|50"), ev(666, Kind::Follow, 60, 50));
+        assert_eq!(parse(b"1|U|12|9"), ev(1, Kind::Unfollow, 12, 9));
+        assert_eq!(parse(b"542532|B"), ev(542532, Kind::Broadcast, 0, 0));
+        assert_eq!(parse(b"43|P|32|56"), ev(43, Kind::Private, 32, 56));
+        assert_eq!(parse(b"634|S|32"), ev(634, Kind::Status, 32, 0));
+    }
+
+    #[test]
+    fn extreme_numbers() {
+        let max = u64::MAX;
+        assert_eq!(
+            parse(format!("{max}|P|{max}|0").as_bytes()),
+            ev(max, Kind::Private, max, 0)
+        );
+        assert_eq!(parse(b"18446744073709551616|B"), Err(ParseError::Junk));
+        assert_eq!(
+            parse(b"7|S|18446744073709551616"),
+            noop(7, Malformed::BadId)
+        );
+    }
+
+    #[test]
+    fn junk_lines_have_no_valid_seq() {
+        for line in [
+            &b""[..],
+            b"|B",
+            b"0|B",
+            b"00|B",
+            b"-1|B",
+            b"+1|B",
+            b" 1|B",
+            b"1 |B",
+            b"x|F|1|2",
+            b"1x|B",
+            b"\xff\xfe|B",
+            b"F|1|2",
+        ] {
+            assert_eq!(
+                parse(line),
+                Err(ParseError::Junk),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn noop_lines_have_a_seq_and_a_malformed_rest() {
+        let cases: &[(&[u8], Malformed)] = &[
+            (b"5", Malformed::UnknownType),
+            (b"5|", Malformed::UnknownType),
+            (b"5|X|1|2", Malformed::UnknownType),
+            (b"5|f|1|2", Malformed::UnknownType),
+            (b"5|FF|1|2", Malformed::UnknownType),
+            (b"5|F", Malformed::FieldCount),
+            (b"5|F|1", Malformed::FieldCount),
+            (b"5|F|1|2|3", Malformed::FieldCount),
+            (b"5|U|1", Malformed::FieldCount),
+            (b"5|P|1|2|", Malformed::FieldCount),
+            (b"5|B|1", Malformed::FieldCount),
+            (b"5|B|", Malformed::FieldCount),
+            (b"5|S", Malformed::FieldCount),
+            (b"5|S|1|2", Malformed::FieldCount),
+            (b"5|F|a|2", Malformed::BadId),
+            (b"5|F|1|", Malformed::BadId),
+            (b"5|P||2", Malformed::BadId),
+            (b"5|S|-3", Malformed::BadId),
+            (b"5|S| 3", Malformed::BadId),
+        ];
+        for (line, why) in cases {
+            assert_eq!(
+                parse(line),
+                noop(5, *why),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn leading_zeros_parse_but_are_not_canonical() {
+        let e = parse(b"007|F|01|2").unwrap();
+        assert_eq!((e.seq, e.kind, e.from, e.to), (7, Kind::Follow, 1, 2));
+        assert!(!e.canonical);
+        assert!(parse(b"7|F|0|2").unwrap().canonical);
+    }
+
+    #[test]
+    fn render_gives_back_canonical_payloads() {
+        let max = u64::MAX.to_string();
+        let long = format!("{max}|F|{max}|{max}");
+        for line in [
+            "666|F|60|50",
+            "1|U|12|9",
+            "542532|B",
+            "43|P|32|56",
+            "634|S|32",
+            "9|P|0|0",
+            long.as_str(),
+        ] {
+            let e = parse(line.as_bytes()).unwrap();
+            assert!(e.canonical);
+            let mut out = [0u8; MAX_RENDERED];
+            let n = e.render(&mut out);
+            assert_eq!(&out[..n], format!("{line}\r\n").as_bytes());
+        }
+    }
+
+    #[test]
+    fn number_matches_std_parse() {
+        for s in [
+            "0",
+            "9",
+            "10",
+            "000",
+            "18446744073709551615",
+            "18446744073709551616",
+            "",
+            "1a",
+            "٣",
+        ] {
+            let want = if s.bytes().all(|b| b.is_ascii_digit()) {
+                s.parse::<u64>().ok()
+            } else {
+                None
+            };
+            assert_eq!(number(s.as_bytes()), want, "{s:?}");
+        }
+    }
+}

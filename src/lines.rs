@@ -1,0 +1,314 @@
+//! Line splitting: bytes read from a socket in, complete lines out.
+//!
+//! A [`LineSplitter`] owns one connection's read buffer. The connection reads into
+//! [`LineSplitter::spare`], commits what it read with [`LineSplitter::filled`], then takes
+//! lines with [`LineSplitter::next_line`] until it returns `None` ("no whole line yet" is a
+//! normal state, not an error). Lines end with `\n`; one `\r` right before it is stripped.
+//! A line whose payload exceeds the cap is discarded up to its terminator and reported
+//! once as [`Line::TooLong`], so the buffer never grows past `cap + read chunk`.
+
+/// One item taken from the splitter.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line<'a> {
+    /// A complete payload, terminator stripped.
+    Full(&'a [u8]),
+    /// A line longer than the cap; its bytes were discarded up to its terminator.
+    TooLong,
+}
+
+/// Read buffer plus cursor over one byte stream.
+pub struct LineSplitter {
+    buf: Box<[u8]>,
+    /// Consumed prefix: lines before it were handed out already.
+    start: usize,
+    /// End of valid bytes.
+    end: usize,
+    /// Inside an over-long line, dropping bytes until the next `\n`.
+    discarding: bool,
+    /// Longest payload accepted, terminator excluded.
+    cap: usize,
+}
+
+impl LineSplitter {
+    /// A splitter accepting payloads of up to `cap` bytes, reading up to `chunk` bytes at a
+    /// time. The buffer is `cap + 2 + chunk` bytes: a longest line plus its `\r\n` always
+    /// fits next to a fresh read.
+    pub fn new(cap: usize, chunk: usize) -> Self {
+        LineSplitter {
+            buf: vec![0; cap + 2 + chunk.max(1)].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            discarding: false,
+            cap,
+        }
+    }
+
+    /// Free space to read into. Compacts first (once per read, not per line). Call only
+    /// after [`next_line`](Self::next_line) returned `None`: then the slice is never empty.
+    pub fn spare(&mut self) -> &mut [u8] {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        debug_assert!(self.end < self.buf.len());
+        &mut self.buf[self.end..]
+    }
+
+    /// Commits `n` bytes written into the slice last returned by [`spare`](Self::spare).
+    pub fn filled(&mut self, n: usize) {
+        debug_assert!(self.end + n <= self.buf.len());
+        self.end += n;
+    }
+
+    /// Bytes held that do not yet form a complete line.
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Inside a line already known to be over-long (its terminator not yet seen).
+    pub fn is_discarding(&self) -> bool {
+        self.discarding
+    }
+
+    /// The next complete line, or `None` when more bytes are needed.
+    pub fn next_line(&mut self) -> Option<Line<'_>> {
+        let pending = &self.buf[self.start..self.end];
+        let Some(i) = memchr::memchr(b'\n', pending) else {
+            // `cap + 1` bytes may still be a longest payload waiting for the `\n` of its
+            // `\r\n`; past that the line is over-long whatever follows.
+            if pending.len() > self.cap + 1 {
+                self.discarding = true;
+            }
+            if self.discarding {
+                self.start = self.end;
+            }
+            return None;
+        };
+        let line_start = self.start;
+        self.start += i + 1;
+        Some(self.classify(line_start, line_start + i))
+    }
+
+    /// At end of stream: the unterminated tail, if any, as a last line. Empties the buffer.
+    pub fn take_tail(&mut self) -> Option<Line<'_>> {
+        let (tail_start, tail_end) = (self.start, self.end);
+        self.start = self.end;
+        if tail_start == tail_end && !self.discarding {
+            return None;
+        }
+        Some(self.classify(tail_start, tail_end))
+    }
+
+    /// The line in `buf[from..to]` (terminator excluded), ending any discard in progress.
+    fn classify(&mut self, from: usize, to: usize) -> Line<'_> {
+        if std::mem::take(&mut self.discarding) {
+            return Line::TooLong;
+        }
+        let mut line = &self.buf[from..to];
+        if let [head @ .., b'\r'] = line {
+            line = head;
+        }
+        if line.len() > self.cap {
+            Line::TooLong
+        } else {
+            Line::Full(line)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Eq, Clone)]
+    enum Item {
+        Full(Vec<u8>),
+        TooLong,
+    }
+
+    fn drain(s: &mut LineSplitter, out: &mut Vec<Item>) {
+        while let Some(line) = s.next_line() {
+            out.push(match line {
+                Line::Full(l) => Item::Full(l.to_vec()),
+                Line::TooLong => Item::TooLong,
+            });
+        }
+    }
+
+    /// Feeds `input` cut at `cuts` (sorted offsets) and returns what came out.
+    fn split_at_cuts(input: &[u8], cuts: &[usize], cap: usize, chunk: usize) -> Vec<Item> {
+        let mut s = LineSplitter::new(cap, chunk);
+        let mut out = Vec::new();
+        let mut bounds = vec![0];
+        bounds.extend_from_slice(cuts);
+        bounds.push(input.len());
+        for w in bounds.windows(2) {
+            let mut piece = &input[w[0]..w[1]];
+            // A read may be smaller than a piece: never more than `spare()` allows.
+            while !piece.is_empty() {
+                let spare = s.spare();
+                let n = spare.len().min(piece.len());
+                spare[..n].copy_from_slice(&piece[..n]);
+                s.filled(n);
+                piece = &piece[n..];
+                drain(&mut s, &mut out);
+            }
+        }
+        out
+    }
+
+    /// The naive reference: split on `\n`, strip one `\r`, classify by length.
+    fn reference(input: &[u8], cap: usize) -> Vec<Item> {
+        let mut parts: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+        parts.pop(); // after the last terminator: an incomplete line, not emitted
+        parts
+            .into_iter()
+            .map(|p| {
+                let p = p.strip_suffix(b"\r").unwrap_or(p);
+                if p.len() > cap {
+                    Item::TooLong
+                } else {
+                    Item::Full(p.to_vec())
+                }
+            })
+            .collect()
+    }
+
+    const SAMPLE: &[u8] = b"666|F|60|50\r\n1|U|12|9\r\n542532|B\n43|P|32|56\r\n\r\n634|S|32\r\n";
+
+    #[test]
+    fn every_single_cut_point_gives_the_same_lines() {
+        let want = reference(SAMPLE, 64);
+        assert_eq!(want.len(), 6);
+        for cut in 0..=SAMPLE.len() {
+            assert_eq!(split_at_cuts(SAMPLE, &[cut], 64, 64), want, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn every_pair_of_cut_points_gives_the_same_lines() {
+        let want = reference(SAMPLE, 64);
+        for a in 0..=SAMPLE.len() {
+            for b in a..=SAMPLE.len() {
+                assert_eq!(split_at_cuts(SAMPLE, &[a, b], 64, 64), want, "cuts {a},{b}");
+            }
+        }
+    }
+
+    #[test]
+    fn cut_between_cr_and_lf_strips_the_cr() {
+        let at = SAMPLE.iter().position(|&b| b == b'\r').unwrap() + 1;
+        assert_eq!(SAMPLE[at], b'\n');
+        let got = split_at_cuts(SAMPLE, &[at], 64, 64);
+        assert_eq!(got[0], Item::Full(b"666|F|60|50".to_vec()));
+    }
+
+    #[test]
+    fn byte_at_a_time_reads() {
+        let cuts: Vec<usize> = (1..SAMPLE.len()).collect();
+        assert_eq!(split_at_cuts(SAMPLE, &cuts, 64, 1), reference(SAMPLE, 64));
+    }
+
+    #[test]
+    fn many_lines_in_one_read_and_bare_lf() {
+        let input = b"1|B\n2|B\n3|B\r\n4|B\n";
+        let got = split_at_cuts(input, &[], 64, 4096);
+        let want: Vec<Item> = ["1|B", "2|B", "3|B", "4|B"]
+            .iter()
+            .map(|s| Item::Full(s.as_bytes().to_vec()))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn only_one_cr_is_stripped_and_inner_cr_kept() {
+        let got = split_at_cuts(b"a\rb\r\r\n", &[], 64, 64);
+        assert_eq!(got, vec![Item::Full(b"a\rb\r".to_vec())]);
+    }
+
+    #[test]
+    fn over_long_lines_are_discarded_to_their_terminator_and_counted() {
+        let cap = 16;
+        let mut input = Vec::new();
+        input.extend_from_slice(b"1|B\r\n");
+        input.extend(std::iter::repeat_n(b'x', 100));
+        input.extend_from_slice(b"\r\n2|B\r\n");
+        input.extend(std::iter::repeat_n(b'y', 17)); // cap + 1: over-long by one byte
+        input.extend_from_slice(b"\r\n");
+        input.extend(std::iter::repeat_n(b'z', 16)); // exactly cap: accepted
+        input.extend_from_slice(b"\r\n3|B\n");
+        let want = reference(&input, cap);
+        assert_eq!(want.iter().filter(|i| **i == Item::TooLong).count(), 2);
+        for chunk in [1, 3, 7, 16, 64] {
+            for cut in 0..=input.len() {
+                assert_eq!(
+                    split_at_cuts(&input, &[cut], cap, chunk),
+                    want,
+                    "chunk {chunk} cut {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn buffer_stays_bounded_while_discarding() {
+        let mut s = LineSplitter::new(8, 32);
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            let spare = s.spare();
+            spare.fill(b'x');
+            let n = spare.len();
+            s.filled(n);
+            drain(&mut s, &mut out);
+            assert!(s.buffered() <= 8 + 2 + 32);
+        }
+        assert!(out.is_empty());
+        let spare = s.spare();
+        spare[..4].copy_from_slice(b"\nok\n");
+        s.filled(4);
+        drain(&mut s, &mut out);
+        assert_eq!(out, vec![Item::TooLong, Item::Full(b"ok".to_vec())]);
+    }
+
+    #[test]
+    fn tail_without_terminator_is_a_last_line() {
+        let mut s = LineSplitter::new(8, 32);
+        s.spare()[..7].copy_from_slice(b"1|B\n2|B");
+        s.filled(7);
+        assert_eq!(s.next_line(), Some(Line::Full(b"1|B")));
+        assert_eq!(s.next_line(), None);
+        assert_eq!(s.take_tail(), Some(Line::Full(b"2|B")));
+        assert_eq!(s.take_tail(), None);
+    }
+
+    #[test]
+    fn random_streams_match_the_reference() {
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..300 {
+            let len = (rnd() % 200) as usize;
+            let input: Vec<u8> = (0..len)
+                .map(|_| match rnd() % 6 {
+                    0 => b'\n',
+                    1 => b'\r',
+                    _ => b'a',
+                })
+                .collect();
+            let mut cuts: Vec<usize> = (0..(rnd() % 5))
+                .map(|_| (rnd() as usize) % (len + 1))
+                .collect();
+            cuts.sort();
+            let chunk = 1 + (rnd() % 20) as usize;
+            assert_eq!(
+                split_at_cuts(&input, &cuts, 10, chunk),
+                reference(&input, 10)
+            );
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The server binary: parse flags, set up logging, bind, hand over to the library.
+
+use follower_maze::config::{self, Command};
+use follower_maze::Server;
+use std::net::TcpListener;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cmd = match config::parse(std::env::args().skip(1), |k| std::env::var(k).ok()) {
+        Ok(cmd) => cmd,
+        Err(e) => {
+            eprintln!("follower-maze: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = match cmd {
+        Command::Help => {
+            println!("{}", config::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("follower-maze {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Command::Run(cfg) => cfg,
+    };
+    init_logging();
+    let bind = |port: u16, what: &str| {
+        TcpListener::bind((cfg.bind, port))
+            .map_err(|e| format!("cannot listen for {what} on {}:{port}: {e}", cfg.bind))
+    };
+    let listeners =
+        bind(cfg.event_port, "events").and_then(|e| Ok((e, bind(cfg.client_port, "clients")?)));
+    let (events, clients) = match listeners {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("follower-maze: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let started = Server::new(cfg.clone(), events, clients).and_then(|mut server| {
+        server.handle_signals()?;
+        Ok(server)
+    });
+    let mut server = match started {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("follower-maze: cannot start: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Ok((ev, cl)) = server.local_addrs() {
+        log::info!(
+            "follower-maze {} listening: events on {ev}, clients on {cl} (max_window={} gap_timeout={:?} keep_state={} client_buffer_limit={} stall_timeout={:?} auth_timeout={:?} max_clients={} stats_interval={:?})",
+            env!("CARGO_PKG_VERSION"),
+            cfg.max_window,
+            cfg.gap_timeout,
+            cfg.keep_state,
+            cfg.client_buffer_limit,
+            cfg.stall_timeout,
+            cfg.auth_timeout,
+            cfg.max_clients,
+            cfg.stats_interval,
+        );
+    }
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("poll loop failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `RUST_LOG`, else the classic verifier's `logLevel`, else `info`.
+fn init_logging() {
+    let spec = std::env::var("RUST_LOG")
+        .or_else(|_| std::env::var("logLevel"))
+        .unwrap_or_else(|_| "info".to_owned());
+    env_logger::Builder::new()
+        .parse_filters(&spec.to_lowercase())
+        .init();
+}

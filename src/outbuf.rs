@@ -1,0 +1,153 @@
+//! One connection's write buffer: notifications in from the router (via the server),
+//! bytes out to the socket in one `write` per flush.
+//!
+//! Appending never touches the socket, so a burst of notifications costs one syscall.
+//! The pending byte count is what the server compares against `--client-buffer-limit`.
+
+use std::io::{self, Write};
+
+/// Capacity kept after a burst has drained; larger buffers are released when empty so an
+/// idle connection does not hold on to its peak.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// Bytes waiting to be written, with a consumed-prefix cursor.
+#[derive(Default)]
+pub struct OutBuf {
+    buf: Vec<u8>,
+    /// Bytes before this were written already.
+    head: usize,
+}
+
+impl OutBuf {
+    /// Queues `bytes` after everything pending.
+    pub fn append(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.head
+    }
+
+    /// One `write` of everything pending. Returns the bytes the socket took (0 when
+    /// nothing is pending); `WouldBlock` and other errors are returned as they are.
+    pub fn write_to<W: Write>(&mut self, w: &mut W) -> io::Result<usize> {
+        if self.pending() == 0 {
+            return Ok(0);
+        }
+        let n = w.write(&self.buf[self.head..])?;
+        self.head += n;
+        debug_assert!(self.head <= self.buf.len());
+        if self.head == self.buf.len() {
+            self.buf.clear();
+            self.head = 0;
+            if self.buf.capacity() > KEEP_CAPACITY {
+                self.buf = Vec::new();
+            }
+        } else if self.head >= self.buf.len() / 2 {
+            // Compact once per write, and only when that moves less than it frees.
+            self.buf.drain(..self.head);
+            self.head = 0;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that takes at most `room` bytes per write.
+    struct Sink {
+        got: Vec<u8>,
+        room: usize,
+        writes: usize,
+    }
+
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.writes += 1;
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = b.len().min(self.room);
+            self.got.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn many_appends_one_write() {
+        let mut o = OutBuf::default();
+        for i in 0..100 {
+            o.append(format!("{i}|B\r\n").as_bytes());
+        }
+        let total = o.pending();
+        let mut s = Sink {
+            got: vec![],
+            room: usize::MAX,
+            writes: 0,
+        };
+        assert_eq!(o.write_to(&mut s).unwrap(), total);
+        assert_eq!(s.writes, 1);
+        assert_eq!(o.pending(), 0);
+        assert_eq!(o.write_to(&mut s).unwrap(), 0);
+        assert_eq!(s.writes, 1, "nothing pending: no syscall");
+    }
+
+    #[test]
+    fn partial_writes_keep_order_and_count() {
+        let mut o = OutBuf::default();
+        let mut want = Vec::new();
+        let mut s = Sink {
+            got: vec![],
+            room: 7,
+            writes: 0,
+        };
+        for i in 0..500u32 {
+            let line = format!("{i}|P|1|2\r\n");
+            want.extend_from_slice(line.as_bytes());
+            o.append(line.as_bytes());
+            if i % 3 == 0 {
+                o.write_to(&mut s).unwrap();
+            }
+            assert_eq!(o.pending(), want.len() - s.got.len());
+        }
+        while o.pending() > 0 {
+            o.write_to(&mut s).unwrap();
+        }
+        assert_eq!(s.got, want);
+    }
+
+    #[test]
+    fn would_block_keeps_everything() {
+        let mut o = OutBuf::default();
+        o.append(b"1|B\r\n");
+        let mut s = Sink {
+            got: vec![],
+            room: 0,
+            writes: 0,
+        };
+        assert_eq!(
+            o.write_to(&mut s).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        assert_eq!(o.pending(), 5);
+    }
+
+    #[test]
+    fn a_drained_burst_releases_its_memory() {
+        let mut o = OutBuf::default();
+        o.append(&vec![b'x'; 1 << 20]);
+        let mut s = Sink {
+            got: vec![],
+            room: usize::MAX,
+            writes: 0,
+        };
+        o.write_to(&mut s).unwrap();
+        assert!(o.buf.capacity() <= KEEP_CAPACITY);
+    }
+}

@@ -1,0 +1,305 @@
+//! The router: in-order events in from the window, recipient connections out to the
+//! server, which appends the notification to each one's write buffer.
+//!
+//! It owns the follow graph (kept for every user, connected or not) and the registry of
+//! identified connections per user. It never touches a socket.
+
+use crate::event::{Event, Kind};
+use hashbrown::{HashMap, HashSet};
+
+/// Connection key, as in the server's slab.
+pub type ConnId = usize;
+
+/// Follow graph plus user -> connections registry.
+#[derive(Default)]
+pub struct Router {
+    /// user -> the users following them.
+    followers: HashMap<u64, HashSet<u64>>,
+    /// user -> that user's identified connections (usually one).
+    clients: HashMap<u64, Vec<ConnId>>,
+    connections: usize,
+}
+
+impl Router {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `conn` as a connection of `user`; it receives events routed from now on.
+    pub fn connect(&mut self, user: u64, conn: ConnId) {
+        self.clients.entry(user).or_default().push(conn);
+        self.connections += 1;
+    }
+
+    /// Forgets `conn`. Unknown pairs are ignored.
+    pub fn disconnect(&mut self, user: u64, conn: ConnId) {
+        if let Some(conns) = self.clients.get_mut(&user) {
+            if let Some(i) = conns.iter().position(|&c| c == conn) {
+                conns.swap_remove(i);
+                self.connections -= 1;
+            }
+            if conns.is_empty() {
+                self.clients.remove(&user);
+            }
+        }
+    }
+
+    /// Identified connections now.
+    pub fn connections(&self) -> usize {
+        self.connections
+    }
+
+    /// Follow edges now.
+    pub fn follow_edges(&self) -> usize {
+        self.followers.values().map(HashSet::len).sum()
+    }
+
+    /// Applies `ev` to the follow graph and appends the connections to notify to `out`
+    /// (each connection at most once).
+    pub fn apply(&mut self, ev: &Event, out: &mut Vec<ConnId>) {
+        match ev.kind {
+            Kind::Follow => {
+                self.followers.entry(ev.to).or_default().insert(ev.from);
+                self.user_conns(ev.to, out);
+            }
+            Kind::Unfollow => {
+                if let Some(set) = self.followers.get_mut(&ev.to) {
+                    set.remove(&ev.from);
+                }
+            }
+            Kind::Broadcast => {
+                for conns in self.clients.values() {
+                    out.extend_from_slice(conns);
+                }
+            }
+            Kind::Private => self.user_conns(ev.to, out),
+            Kind::Status => {
+                if let Some(set) = self.followers.get(&ev.from) {
+                    // Walk the smaller side: few connected users or few followers.
+                    if set.len() <= self.clients.len() {
+                        for f in set {
+                            if let Some(conns) = self.clients.get(f) {
+                                out.extend_from_slice(conns);
+                            }
+                        }
+                    } else {
+                        for (user, conns) in &self.clients {
+                            if set.contains(user) {
+                                out.extend_from_slice(conns);
+                            }
+                        }
+                    }
+                }
+            }
+            Kind::NoOp => {}
+        }
+    }
+
+    fn user_conns(&self, user: u64, out: &mut Vec<ConnId>) {
+        if let Some(conns) = self.clients.get(&user) {
+            out.extend_from_slice(conns);
+        }
+    }
+
+    /// Session end: forget every follow relation (connections stay).
+    pub fn clear_follows(&mut self) {
+        self.followers = HashMap::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: Kind, from: u64, to: u64) -> Event {
+        Event {
+            seq: 1,
+            kind,
+            from,
+            to,
+            canonical: true,
+        }
+    }
+
+    fn route(r: &mut Router, e: Event) -> Vec<ConnId> {
+        let mut out = Vec::new();
+        r.apply(&e, &mut out);
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn follow_notifies_only_to_and_is_a_set() {
+        let mut r = Router::new();
+        r.connect(50, 500);
+        r.connect(60, 600);
+        assert_eq!(route(&mut r, ev(Kind::Follow, 60, 50)), vec![500]);
+        assert_eq!(route(&mut r, ev(Kind::Follow, 60, 50)), vec![500]);
+        assert_eq!(r.follow_edges(), 1);
+        // One unfollow undoes a double follow.
+        assert_eq!(
+            route(&mut r, ev(Kind::Unfollow, 60, 50)),
+            Vec::<ConnId>::new()
+        );
+        assert_eq!(route(&mut r, ev(Kind::Status, 50, 0)), Vec::<ConnId>::new());
+    }
+
+    #[test]
+    fn unfollow_of_a_non_follower_changes_nothing() {
+        let mut r = Router::new();
+        r.connect(1, 10);
+        route(&mut r, ev(Kind::Follow, 1, 2));
+        assert_eq!(
+            route(&mut r, ev(Kind::Unfollow, 3, 2)),
+            Vec::<ConnId>::new()
+        );
+        assert_eq!(
+            route(&mut r, ev(Kind::Unfollow, 1, 99)),
+            Vec::<ConnId>::new()
+        );
+        assert_eq!(route(&mut r, ev(Kind::Status, 2, 0)), vec![10]);
+    }
+
+    #[test]
+    fn status_reaches_connected_followers_and_only_them() {
+        let mut r = Router::new();
+        r.connect(1, 10);
+        r.connect(2, 20);
+        r.connect(4, 40);
+        for f in [1, 2, 3] {
+            route(&mut r, ev(Kind::Follow, f, 7));
+        }
+        // 3 follows but is not connected; 4 is connected but does not follow.
+        assert_eq!(route(&mut r, ev(Kind::Status, 7, 0)), vec![10, 20]);
+        // Followers of other users are not involved.
+        assert_eq!(route(&mut r, ev(Kind::Status, 1, 0)), Vec::<ConnId>::new());
+    }
+
+    #[test]
+    fn follow_graph_is_kept_for_users_not_connected() {
+        let mut r = Router::new();
+        route(&mut r, ev(Kind::Follow, 5, 6));
+        r.connect(5, 50);
+        assert_eq!(route(&mut r, ev(Kind::Status, 6, 0)), vec![50]);
+    }
+
+    #[test]
+    fn private_message_reaches_only_to() {
+        let mut r = Router::new();
+        r.connect(32, 1);
+        r.connect(56, 2);
+        assert_eq!(route(&mut r, ev(Kind::Private, 32, 56)), vec![2]);
+        assert_eq!(
+            route(&mut r, ev(Kind::Private, 32, 99)),
+            Vec::<ConnId>::new()
+        );
+    }
+
+    #[test]
+    fn two_connections_of_one_user_are_both_notified() {
+        let mut r = Router::new();
+        r.connect(9, 1);
+        r.connect(9, 2);
+        r.connect(8, 3);
+        assert_eq!(route(&mut r, ev(Kind::Private, 0, 9)), vec![1, 2]);
+        route(&mut r, ev(Kind::Follow, 9, 8));
+        assert_eq!(route(&mut r, ev(Kind::Status, 8, 0)), vec![1, 2]);
+        r.disconnect(9, 1);
+        assert_eq!(route(&mut r, ev(Kind::Private, 0, 9)), vec![2]);
+    }
+
+    #[test]
+    fn broadcast_reaches_each_connection_once() {
+        let mut r = Router::new();
+        r.connect(1, 10);
+        r.connect(1, 11);
+        r.connect(2, 20);
+        assert_eq!(route(&mut r, ev(Kind::Broadcast, 0, 0)), vec![10, 11, 20]);
+        assert_eq!(r.connections(), 3);
+        r.disconnect(2, 20);
+        r.disconnect(2, 20);
+        assert_eq!(r.connections(), 2);
+        assert_eq!(route(&mut r, ev(Kind::Broadcast, 0, 0)), vec![10, 11]);
+    }
+
+    #[test]
+    fn noop_and_clear_follows() {
+        let mut r = Router::new();
+        r.connect(1, 10);
+        route(&mut r, ev(Kind::Follow, 1, 2));
+        assert_eq!(route(&mut r, ev(Kind::NoOp, 0, 0)), Vec::<ConnId>::new());
+        r.clear_follows();
+        assert_eq!(r.follow_edges(), 0);
+        assert_eq!(route(&mut r, ev(Kind::Status, 2, 0)), Vec::<ConnId>::new());
+        assert_eq!(
+            route(&mut r, ev(Kind::Private, 0, 1)),
+            vec![10],
+            "connections stay"
+        );
+    }
+
+    /// The brute-force model: a list of (follower, followed) pairs and a list of
+    /// (user, conn) pairs, scanned in full for every event.
+    #[test]
+    fn random_events_against_a_brute_force_model() {
+        let mut x = 12345u64;
+        let mut rnd = move |n: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        let mut r = Router::new();
+        let mut edges: Vec<(u64, u64)> = Vec::new();
+        let mut conns: Vec<(u64, ConnId)> = Vec::new();
+        let mut next_conn = 0;
+        for _ in 0..5000 {
+            let (a, b) = (rnd(20), rnd(20));
+            let kind = [
+                Kind::Follow,
+                Kind::Unfollow,
+                Kind::Broadcast,
+                Kind::Private,
+                Kind::Status,
+            ][rnd(5) as usize];
+            match rnd(12) {
+                0 => {
+                    r.connect(a, next_conn);
+                    conns.push((a, next_conn));
+                    next_conn += 1;
+                    continue;
+                }
+                1 if !conns.is_empty() => {
+                    let (u, c) = conns.swap_remove(rnd(conns.len() as u64) as usize);
+                    r.disconnect(u, c);
+                    continue;
+                }
+                _ => {}
+            }
+            let got = route(&mut r, ev(kind, a, b));
+            let users: Vec<u64> = match kind {
+                Kind::Follow => {
+                    if !edges.contains(&(a, b)) {
+                        edges.push((a, b));
+                    }
+                    vec![b]
+                }
+                Kind::Unfollow => {
+                    edges.retain(|&e| e != (a, b));
+                    vec![]
+                }
+                Kind::Broadcast => conns.iter().map(|c| c.0).collect(),
+                Kind::Private => vec![b],
+                Kind::Status => edges.iter().filter(|e| e.1 == a).map(|e| e.0).collect(),
+                Kind::NoOp => vec![],
+            };
+            let mut want: Vec<ConnId> = conns
+                .iter()
+                .filter(|(u, _)| users.contains(u))
+                .map(|c| c.1)
+                .collect();
+            want.sort();
+            assert_eq!(got, want, "{kind:?} {a} {b}");
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! End-to-end delivery over real TCP against the real server binary: each event kind,
+//! out-of-order arrival, bad lines in the stream, bad and departing clients, sessions,
+//! and a large shuffled stream.
+
+mod common;
+
+use common::{clients, expected, random_events, send_lines, Rng, Server};
+use std::io::Write;
+use std::time::Duration;
+
+const QUIET: Duration = Duration::from_millis(300);
+
+#[test]
+fn each_event_kind_end_to_end_with_out_of_order_arrival() {
+    let s = Server::start(&[]);
+    let mut c = clients(&s, &[50, 60, 70]);
+    let mut src = s.source();
+    // Sent in reverse: delivery must still follow the sequence.
+    send_lines(
+        &mut src,
+        &[
+            "7|U|70|50",
+            "6|S|50",
+            "5|P|60|70",
+            "4|B",
+            "3|S|50",
+            "2|F|70|50",
+            "1|F|60|50",
+        ],
+    );
+    assert_eq!(c[0].read_lines(3), ["1|F|60|50", "2|F|70|50", "4|B"]);
+    assert_eq!(c[1].read_lines(3), ["3|S|50", "4|B", "6|S|50"]);
+    assert_eq!(c[2].read_lines(4), ["3|S|50", "4|B", "5|P|60|70", "6|S|50"]);
+    // After 70 unfollowed 50, only 60 hears 50's status.
+    send_lines(&mut src, &["8|S|50"]);
+    assert_eq!(c[1].read_lines(1), ["8|S|50"]);
+    c[2].expect_silence(QUIET);
+    c[0].expect_silence(QUIET);
+}
+
+#[test]
+fn payload_is_delivered_exactly_as_read() {
+    let s = Server::start(&[]);
+    let mut c = clients(&s, &[1, 2]);
+    let mut src = s.source();
+    // Leading zeros and a bare `\n` terminator.
+    src.write_all(b"2|P|01|002\n1|P|2|1\r\n").unwrap();
+    assert_eq!(c[0].read_lines(1), ["1|P|2|1"]);
+    assert_eq!(c[1].read_lines(1), ["2|P|01|002"]);
+}
+
+#[test]
+fn junk_and_noop_lines_in_the_stream() {
+    let s = Server::start(&[]);
+    let mut c = clients(&s, &[1]);
+    let mut src = s.source();
+    let long = format!("9|P|2|1{}", "0".repeat(2000));
+    send_lines(
+        &mut src,
+        &[
+            "hello",        // junk: no seq
+            "3|X|1|2",      // no-op: unknown type, holds seq 3
+            "|B",           // junk
+            "2|P|5|1",      // delivered
+            "4|P|1",        // no-op: field count, holds seq 4
+            &long,          // over-long: discarded
+            "1|P|2|1",      // delivered first
+            "5|B",          // delivered after the no-ops
+            "2|B",          // duplicate of a delivered seq: dropped
+            "\u{0}\u{ff}|", // junk
+        ],
+    );
+    assert_eq!(c[0].read_lines(3), ["1|P|2|1", "2|P|5|1", "5|B"]);
+    c[0].expect_silence(QUIET);
+    let (_, log) = s.terminate();
+    assert!(log.contains("junk=3"), "{log}");
+    assert!(log.contains("noop=2"), "{log}");
+    assert!(log.contains("overlong=1"), "{log}");
+    assert!(log.contains("late_or_dup=1"), "{log}");
+}
+
+#[test]
+fn a_client_with_an_invalid_id_is_disconnected_while_others_go_on() {
+    let s = Server::start(&[]);
+    let mut good = clients(&s, &[7]);
+    let mut bad = Vec::new();
+    for id in [
+        &b"abc\r\n"[..],
+        b"-1\r\n",
+        b"\r\n",
+        b"18446744073709551616\r\n",
+        &[b'1'; 100],
+    ] {
+        let c = common::Client::connect(s.clients);
+        c.send(id);
+        bad.push(c);
+    }
+    for c in &mut bad {
+        c.expect_closed();
+    }
+    let mut src = s.source();
+    send_lines(&mut src, &["1|B", "2|P|1|7"]);
+    assert_eq!(good[0].read_lines(2), ["1|B", "2|P|1|7"]);
+    let (_, log) = s.terminate();
+    assert!(log.contains("clients_bad_id=5"), "{log}");
+}
+
+#[test]
+fn a_client_disconnecting_mid_stream_disturbs_no_one() {
+    let s = Server::start(&[]);
+    let mut c = clients(&s, &[1, 2, 3]);
+    let mut src = s.source();
+    send_lines(&mut src, &["1|B", "2|F|1|2", "3|F|3|2"]);
+    assert_eq!(c[0].read_lines(1), ["1|B"]);
+    let gone = c.remove(0);
+    drop(gone);
+    s.wait_log(" disconnected");
+    // 1 follows 2, but its connection is gone: the others still get everything.
+    send_lines(&mut src, &["5|S|2", "4|B", "6|P|1|3"]);
+    assert_eq!(c[0].read_lines(4), ["1|B", "2|F|1|2", "3|F|3|2", "4|B"]);
+    assert_eq!(c[1].read_lines(4), ["1|B", "4|B", "5|S|2", "6|P|1|3"]);
+}
+
+#[test]
+fn several_connections_of_one_user_each_get_everything() {
+    let s = Server::start(&[]);
+    let mut c = clients(&s, &[4, 4, 5]);
+    let mut src = s.source();
+    send_lines(&mut src, &["2|P|5|4", "1|B", "3|F|4|5", "4|S|5"]);
+    for conn in &mut c[..2] {
+        assert_eq!(conn.read_lines(3), ["1|B", "2|P|5|4", "4|S|5"]);
+    }
+    assert_eq!(c[2].read_lines(2), ["1|B", "3|F|4|5"]);
+}
+
+#[test]
+fn a_second_session_starts_again_at_seq_1_with_an_empty_follow_graph() {
+    let s = Server::start(&[]);
+    let mut c = clients(&s, &[1, 2]);
+    let mut src = s.source();
+    send_lines(&mut src, &["1|F|1|2", "2|S|2", "4|B"]);
+    assert_eq!(c[0].read_lines(1), ["2|S|2"]);
+    // Seq 3 never comes: the session end delivers 4 with the gap skipped.
+    drop(src);
+    assert_eq!(c[0].read_lines(1), ["4|B"]);
+    assert_eq!(c[1].read_lines(2), ["1|F|1|2", "4|B"]);
+    s.wait_log("session 1 ended");
+    let mut src = s.source();
+    send_lines(&mut src, &["2|S|2", "1|P|2|1"]);
+    assert_eq!(
+        c[0].read_lines(1),
+        ["1|P|2|1"],
+        "seq restarts at 1; 1 no longer follows 2"
+    );
+    c[0].expect_silence(QUIET);
+    c[1].expect_silence(QUIET);
+}
+
+#[test]
+fn keep_state_carries_seq_and_follows_across_sessions() {
+    let s = Server::start(&["--keep-state"]);
+    let mut c = clients(&s, &[1, 2]);
+    let mut src = s.source();
+    send_lines(&mut src, &["1|F|1|2", "3|S|2"]);
+    assert_eq!(c[1].read_lines(1), ["1|F|1|2"]);
+    drop(src);
+    s.wait_log("session 1 ended");
+    let mut src = s.source();
+    send_lines(&mut src, &["2|P|2|1", "4|S|2"]);
+    assert_eq!(c[0].read_lines(3), ["2|P|2|1", "3|S|2", "4|S|2"]);
+}
+
+#[test]
+fn two_sources_share_one_sequence_space() {
+    let s = Server::start(&[]);
+    let mut c = clients(&s, &[1]);
+    let mut a = s.source();
+    let mut b = s.source();
+    send_lines(&mut b, &["2|P|0|1", "4|P|0|1"]);
+    send_lines(&mut a, &["3|P|0|1", "1|P|0|1"]);
+    assert_eq!(
+        c[0].read_lines(4),
+        ["1|P|0|1", "2|P|0|1", "3|P|0|1", "4|P|0|1"]
+    );
+}
+
+#[test]
+fn lines_split_across_writes_at_every_byte() {
+    let s = Server::start(&[]);
+    let mut c = clients(&s, &[1]);
+    let mut src = s.source();
+    let stream = b"2|P|3|1\r\n1|B\r\n3|S|9\r\n4|P|2|1\r\n";
+    for b in stream.iter() {
+        src.write_all(&[*b]).unwrap();
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert_eq!(c[0].read_lines(3), ["1|B", "2|P|3|1", "4|P|2|1"]);
+}
+
+#[test]
+fn a_gap_is_skipped_after_the_gap_timeout() {
+    let s = Server::start(&["--gap-timeout-ms", "300"]);
+    let mut c = clients(&s, &[1]);
+    let mut src = s.source();
+    send_lines(&mut src, &["1|B", "3|B", "4|B"]);
+    assert_eq!(c[0].read_lines(1), ["1|B"]);
+    c[0].expect_silence(Duration::from_millis(150));
+    assert_eq!(c[0].read_lines(2), ["3|B", "4|B"]);
+    send_lines(&mut src, &["2|B", "5|B"]);
+    assert_eq!(c[0].read_lines(1), ["5|B"], "the late 2 is dropped");
+    s.wait_log("seqs 2..=2 skipped");
+}
+
+#[test]
+fn a_shuffled_stream_of_200k_events_reaches_100_clients_complete_and_in_order() {
+    let s = Server::start(&[]);
+    let mut rng = Rng(2026);
+    let users: Vec<u64> = (1..=100).map(|u| u * 3).collect(); // 100 of 300 users connected
+    let events = random_events(&mut rng, 200_000, 300);
+    let want = expected(&events, &users);
+    let clients = clients(&s, &users);
+    let readers: Vec<_> = clients
+        .into_iter()
+        .zip(users.iter().copied())
+        .map(|(mut c, u)| {
+            let n = want[&u].len();
+            std::thread::spawn(move || (u, c.read_lines(n)))
+        })
+        .collect();
+    let mut src = s.source();
+    let mut shuffled = events.clone();
+    for batch in shuffled.chunks_mut(1000) {
+        rng.shuffle(batch);
+    }
+    let mut bytes = Vec::new();
+    for e in &shuffled {
+        bytes.extend_from_slice(e.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+    }
+    src.write_all(&bytes).unwrap();
+    let mut total = 0;
+    for r in readers {
+        let (u, got) = r.join().unwrap();
+        assert!(got == want[&u], "user {u} got a different stream");
+        total += got.len();
+    }
+    assert!(total > 200_000, "the stream notifies plenty: {total}");
+}
