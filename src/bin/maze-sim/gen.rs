@@ -1,0 +1,338 @@
+//! The event generator: a deterministic stream of events in seq order, from a seed.
+//!
+//! The event source and the verifier's model each run their own copy with the same
+//! settings, so nothing is kept in memory between them: generation streams, and 100M
+//! events cost no more memory than 1,000.
+//!
+//! The mix (shares of events, before scenario extras):
+//! follow 20%, unfollow 8%, private message 38%, status update 33.5%, broadcast 0.5%.
+//! Follow targets and status authors are skewed toward low ids (`id = users * r^3`), so a
+//! few users are popular. The follow graph is bounded: at `4 * users` edges a follow
+//! becomes an unfollow of a random existing edge, so graph size (in the server and
+//! here) stays flat however long the run.
+
+use std::collections::HashMap;
+
+/// splitmix64: small, fast, good enough for test streams, and identical everywhere.
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, self.below(i as u64 + 1) as usize);
+        }
+    }
+}
+
+/// What an event is. `NoOp` events have a valid seq and a malformed rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Follow,
+    Unfollow,
+    Broadcast,
+    Private,
+    Status,
+    NoOp,
+}
+
+/// One generated event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ev {
+    pub seq: u64,
+    pub kind: Kind,
+    pub from: u64,
+    pub to: u64,
+    /// Never sent (a gap the server must skip); the model must not apply it either.
+    pub omitted: bool,
+}
+
+impl Ev {
+    /// The payload line plus `\r\n`, appended to `out`.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let _ = match self.kind {
+            Kind::Follow => write!(out, "{}|F|{}|{}", self.seq, self.from, self.to),
+            Kind::Unfollow => write!(out, "{}|U|{}|{}", self.seq, self.from, self.to),
+            Kind::Broadcast => write!(out, "{}|B", self.seq),
+            Kind::Private => write!(out, "{}|P|{}|{}", self.seq, self.from, self.to),
+            Kind::Status => write!(out, "{}|S|{}", self.seq, self.from),
+            // Malformed in one of three ways, chosen by seq: unknown type, missing field,
+            // bad id. All must hold their place and notify no one.
+            Kind::NoOp => match self.seq % 3 {
+                0 => write!(out, "{}|X|{}|{}", self.seq, self.from, self.to),
+                1 => write!(out, "{}|F|{}", self.seq, self.from),
+                _ => write!(out, "{}|P|x{}|{}", self.seq, self.from, self.to),
+            },
+        };
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Generator settings. Two generators with equal settings yield equal streams.
+#[derive(Clone, Debug)]
+pub struct GenConfig {
+    pub total: u64,
+    pub users: u64,
+    pub seed: u64,
+    /// One event in this many is a no-op line (0: none).
+    pub noop_every: u64,
+    /// Seqs never sent: each listed seq starts a gap of `gap_len` seqs.
+    pub gaps: Vec<u64>,
+    pub gap_len: u64,
+    /// Share of events (percent) that are private messages to `hot_user`.
+    pub hot_share: u64,
+    pub hot_user: u64,
+}
+
+impl GenConfig {
+    pub fn new(total: u64, users: u64, seed: u64) -> GenConfig {
+        GenConfig {
+            total,
+            users: users.max(1),
+            seed,
+            noop_every: 0,
+            gaps: Vec::new(),
+            gap_len: 0,
+            hot_share: 0,
+            hot_user: 0,
+        }
+    }
+}
+
+/// The stream itself: an iterator of events in seq order.
+pub struct Gen {
+    cfg: GenConfig,
+    rng: Rng,
+    seq: u64,
+    edges: Vec<(u64, u64)>,
+    edge_index: HashMap<(u64, u64), usize>,
+}
+
+impl Gen {
+    pub fn new(cfg: GenConfig) -> Gen {
+        Gen {
+            rng: Rng::new(cfg.seed ^ 0x6d61_7a65),
+            cfg,
+            seq: 0,
+            edges: Vec::new(),
+            edge_index: HashMap::new(),
+        }
+    }
+
+    fn uniform_user(&mut self) -> u64 {
+        1 + self.rng.below(self.cfg.users)
+    }
+
+    fn popular_user(&mut self) -> u64 {
+        let r = self.rng.unit();
+        1 + ((self.cfg.users as f64) * r * r * r) as u64 % self.cfg.users
+    }
+
+    fn unfollow_some_edge(&mut self) -> Option<(u64, u64)> {
+        if self.edges.is_empty() {
+            return None;
+        }
+        let i = self.rng.below(self.edges.len() as u64) as usize;
+        let edge = self.edges.swap_remove(i);
+        self.edge_index.remove(&edge);
+        if let Some(&moved) = self.edges.get(i) {
+            self.edge_index.insert(moved, i);
+        }
+        Some(edge)
+    }
+
+    fn is_omitted(&self, seq: u64) -> bool {
+        self.cfg
+            .gaps
+            .iter()
+            .any(|&g| seq >= g && seq < g + self.cfg.gap_len)
+    }
+}
+
+impl Iterator for Gen {
+    type Item = Ev;
+
+    fn next(&mut self) -> Option<Ev> {
+        if self.seq >= self.cfg.total {
+            return None;
+        }
+        self.seq += 1;
+        let seq = self.seq;
+        let omitted = self.is_omitted(seq);
+        let ev = |kind, from, to| {
+            Some(Ev {
+                seq,
+                kind,
+                from,
+                to,
+                omitted,
+            })
+        };
+        if self.cfg.noop_every > 0 && seq.is_multiple_of(self.cfg.noop_every) {
+            let (a, b) = (self.uniform_user(), self.uniform_user());
+            return ev(Kind::NoOp, a, b);
+        }
+        if self.cfg.hot_share > 0 && self.rng.below(100) < self.cfg.hot_share {
+            let from = self.uniform_user();
+            return ev(Kind::Private, from, self.cfg.hot_user);
+        }
+        let roll = self.rng.below(1000);
+        match roll {
+            0..=199 => {
+                let cap = (self.cfg.users * 4) as usize;
+                if self.edges.len() >= cap {
+                    if let Some((a, b)) = self.unfollow_some_edge() {
+                        return ev(Kind::Unfollow, a, b);
+                    }
+                }
+                let (from, to) = (self.uniform_user(), self.popular_user());
+                if from != to && !self.edge_index.contains_key(&(from, to)) {
+                    self.edge_index.insert((from, to), self.edges.len());
+                    self.edges.push((from, to));
+                }
+                ev(Kind::Follow, from, to)
+            }
+            200..=279 => match self.unfollow_some_edge() {
+                Some((a, b)) => ev(Kind::Unfollow, a, b),
+                None => {
+                    let (a, b) = (self.uniform_user(), self.uniform_user());
+                    ev(Kind::Unfollow, a, b)
+                }
+            },
+            280..=659 => {
+                let (a, b) = (self.uniform_user(), self.uniform_user());
+                ev(Kind::Private, a, b)
+            }
+            660..=994 => {
+                let from = self.popular_user();
+                ev(Kind::Status, from, 0)
+            }
+            _ => ev(Kind::Broadcast, 0, 0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(cfg: GenConfig) -> Vec<String> {
+        Gen::new(cfg)
+            .map(|e| {
+                let mut v = Vec::new();
+                e.write(&mut v);
+                String::from_utf8(v).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn same_seed_same_stream_other_seed_other_stream() {
+        let a = lines(GenConfig::new(5000, 100, 1));
+        assert_eq!(a, lines(GenConfig::new(5000, 100, 1)));
+        assert_ne!(a, lines(GenConfig::new(5000, 100, 2)));
+        assert_eq!(a.len(), 5000);
+    }
+
+    #[test]
+    fn seqs_run_from_one_in_order_and_ids_in_range() {
+        for (i, e) in Gen::new(GenConfig::new(20_000, 50, 7)).enumerate() {
+            assert_eq!(e.seq, i as u64 + 1);
+            match e.kind {
+                Kind::Broadcast => {}
+                Kind::Status => assert!((1..=50).contains(&e.from)),
+                _ => assert!((1..=50).contains(&e.from) && (1..=50).contains(&e.to)),
+            }
+        }
+    }
+
+    #[test]
+    fn the_mix_has_every_kind_and_the_graph_stays_bounded() {
+        let mut g = Gen::new(GenConfig::new(200_000, 10, 3));
+        let mut counts = HashMap::new();
+        for e in g.by_ref() {
+            *counts.entry(e.kind).or_insert(0u64) += 1;
+        }
+        for k in [
+            Kind::Follow,
+            Kind::Unfollow,
+            Kind::Private,
+            Kind::Status,
+            Kind::Broadcast,
+        ] {
+            assert!(
+                counts.get(&k).copied().unwrap_or(0) > 1000,
+                "{k:?}: {counts:?}"
+            );
+        }
+        assert!(g.edges.len() <= 40);
+        assert_eq!(g.edges.len(), g.edge_index.len());
+    }
+
+    #[test]
+    fn gaps_noops_and_hot_user() {
+        let mut cfg = GenConfig::new(1000, 10, 1);
+        cfg.gaps = vec![100, 500];
+        cfg.gap_len = 3;
+        cfg.noop_every = 10;
+        cfg.hot_share = 50;
+        cfg.hot_user = 4;
+        let evs: Vec<Ev> = Gen::new(cfg).collect();
+        let omitted: Vec<u64> = evs.iter().filter(|e| e.omitted).map(|e| e.seq).collect();
+        assert_eq!(omitted, vec![100, 101, 102, 500, 501, 502]);
+        assert!(evs
+            .iter()
+            .filter(|e| e.seq % 10 == 0)
+            .all(|e| e.kind == Kind::NoOp));
+        let hot = evs
+            .iter()
+            .filter(|e| e.kind == Kind::Private && e.to == 4)
+            .count();
+        assert!(hot > 300, "{hot}");
+    }
+
+    #[test]
+    fn rendering() {
+        let ev = |kind, from, to| Ev {
+            seq: 9,
+            kind,
+            from,
+            to,
+            omitted: false,
+        };
+        let s = |e: Ev| {
+            let mut v = Vec::new();
+            e.write(&mut v);
+            String::from_utf8(v).unwrap()
+        };
+        assert_eq!(s(ev(Kind::Follow, 1, 2)), "9|F|1|2\r\n");
+        assert_eq!(s(ev(Kind::Unfollow, 1, 2)), "9|U|1|2\r\n");
+        assert_eq!(s(ev(Kind::Broadcast, 0, 0)), "9|B\r\n");
+        assert_eq!(s(ev(Kind::Private, 1, 2)), "9|P|1|2\r\n");
+        assert_eq!(s(ev(Kind::Status, 1, 0)), "9|S|1\r\n");
+        assert_eq!(s(ev(Kind::NoOp, 1, 2)), "9|X|1|2\r\n");
+    }
+}

@@ -1,0 +1,167 @@
+//! The model: what each watched connection must receive, by the rules of SPEC.md.
+//!
+//! It replays the generated stream in seq order on its own follow graph and hands each
+//! event to the connections it notifies. It runs lazily, only as far as the verifier
+//! needs, so its memory is the follow graph plus what clients have yet to receive.
+
+use crate::gen::{Ev, Kind};
+use std::collections::{HashMap, HashSet};
+
+/// The follow graph plus who is watched, stepping through a stream of events.
+pub struct Model<I> {
+    events: I,
+    /// user -> that user's followers.
+    followers: HashMap<u64, HashSet<u64>>,
+    /// user -> indices of watched connections of that user.
+    watched: HashMap<u64, Vec<usize>>,
+    /// Every watched connection index (broadcast).
+    all: Vec<usize>,
+    /// Seq of the last event stepped over (0 before the first).
+    pub last_seq: u64,
+    pub exhausted: bool,
+}
+
+impl<I: Iterator<Item = Ev>> Model<I> {
+    pub fn new(events: I) -> Self {
+        Model {
+            events,
+            followers: HashMap::new(),
+            watched: HashMap::new(),
+            all: Vec::new(),
+            last_seq: 0,
+            exhausted: false,
+        }
+    }
+
+    /// Connection `conn` of `user` receives notifications from now on.
+    pub fn watch(&mut self, user: u64, conn: usize) {
+        self.watched.entry(user).or_default().push(conn);
+        self.all.push(conn);
+    }
+
+    /// Steps one event: fills `out` with the watched connections it notifies and returns
+    /// it; `None` when the stream is over. Omitted events (gaps) are stepped over without
+    /// being applied: the server never sees them.
+    pub fn step(&mut self, out: &mut Vec<usize>) -> Option<Ev> {
+        out.clear();
+        let Some(ev) = self.events.next() else {
+            self.exhausted = true;
+            return None;
+        };
+        self.last_seq = ev.seq;
+        if ev.omitted {
+            return Some(ev);
+        }
+        let conns_of = |u: u64, out: &mut Vec<usize>| {
+            if let Some(c) = self.watched.get(&u) {
+                out.extend_from_slice(c);
+            }
+        };
+        match ev.kind {
+            Kind::Follow => {
+                self.followers.entry(ev.to).or_default().insert(ev.from);
+                conns_of(ev.to, out);
+            }
+            Kind::Unfollow => {
+                if let Some(f) = self.followers.get_mut(&ev.to) {
+                    f.remove(&ev.from);
+                }
+            }
+            Kind::Broadcast => out.extend_from_slice(&self.all),
+            Kind::Private => conns_of(ev.to, out),
+            Kind::Status => {
+                if let Some(f) = self.followers.get(&ev.from) {
+                    for u in f {
+                        conns_of(*u, out);
+                    }
+                }
+            }
+            Kind::NoOp => {}
+        }
+        Some(ev)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: u64, kind: Kind, from: u64, to: u64) -> Ev {
+        Ev {
+            seq,
+            kind,
+            from,
+            to,
+            omitted: false,
+        }
+    }
+
+    /// Runs the model over `events` with connections `conns` (user per index) and returns
+    /// each connection's received seqs.
+    fn run(events: Vec<Ev>, conns: &[u64]) -> Vec<Vec<u64>> {
+        let mut m = Model::new(events.into_iter());
+        for (i, &u) in conns.iter().enumerate() {
+            m.watch(u, i);
+        }
+        let mut got = vec![Vec::new(); conns.len()];
+        let mut out = Vec::new();
+        while let Some(e) = m.step(&mut out) {
+            for &c in &out {
+                got[c].push(e.seq);
+            }
+        }
+        assert!(m.exhausted);
+        got
+    }
+
+    #[test]
+    fn the_spec_example_by_hand() {
+        // Users 1, 2 and 3 connected; user 4 is not.
+        let events = vec![
+            ev(1, Kind::Follow, 1, 2),   // 2 notified
+            ev(2, Kind::Follow, 3, 2),   // 2 notified
+            ev(3, Kind::Follow, 4, 2),   // 2 notified (4 not connected)
+            ev(4, Kind::Status, 2, 0),   // followers 1, 3 (and 4, not connected)
+            ev(5, Kind::Unfollow, 1, 2), // nobody
+            ev(6, Kind::Status, 2, 0),   // 3 only
+            ev(7, Kind::Private, 2, 1),  // 1
+            ev(8, Kind::Broadcast, 0, 0),
+            ev(9, Kind::NoOp, 1, 2),    // nobody
+            ev(10, Kind::Follow, 1, 2), // 2
+            ev(11, Kind::Follow, 1, 2), // 2 again (a set, but still notified)
+            ev(12, Kind::Unfollow, 1, 2),
+            ev(13, Kind::Status, 2, 0), // 3 only: one unfollow undid both follows
+        ];
+        let got = run(events, &[1, 2, 3]);
+        assert_eq!(got[0], vec![4, 7, 8]);
+        assert_eq!(got[1], vec![1, 2, 3, 8, 10, 11]);
+        assert_eq!(got[2], vec![4, 6, 8, 13]);
+    }
+
+    #[test]
+    fn two_connections_of_one_user_get_the_same() {
+        let events = vec![ev(1, Kind::Private, 9, 5), ev(2, Kind::Broadcast, 0, 0)];
+        let got = run(events, &[5, 5, 6]);
+        assert_eq!(got[0], vec![1, 2]);
+        assert_eq!(got[1], vec![1, 2]);
+        assert_eq!(got[2], vec![2]);
+    }
+
+    #[test]
+    fn omitted_events_are_not_applied() {
+        let mut follow = ev(1, Kind::Follow, 1, 2);
+        follow.omitted = true;
+        let events = vec![
+            follow,
+            ev(2, Kind::Status, 2, 0),
+            ev(3, Kind::Private, 0, 2),
+        ];
+        let got = run(events, &[1, 2]);
+        assert_eq!(
+            got[0],
+            Vec::<u64>::new(),
+            "the follow never reached the server"
+        );
+        assert_eq!(got[1], vec![3]);
+    }
+}

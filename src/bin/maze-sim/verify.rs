@@ -1,0 +1,429 @@
+//! The verifier: every watched client connection, on one `mio` poll (no thread per
+//! client), checked line by line against the model.
+//!
+//! - `Exact` connections must receive their expected stream byte for byte, in order,
+//!   nothing missing, nothing extra.
+//! - `Suffix` connections (clients that join mid-run) may start anywhere, since the
+//!   server only notifies connections identified before an event is delivered; from
+//!   their first line on they must follow their user's expected stream with no gap.
+//!
+//! A failure names the connection, its user, the position, and expected vs. got.
+
+use crate::gen::Ev;
+use crate::model::Model;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Exact,
+    Suffix,
+}
+
+/// One watched connection.
+struct Watched {
+    stream: Option<TcpStream>,
+    user: u64,
+    mode: Mode,
+    expected: VecDeque<Ev>,
+    /// Suffix mode: the first line has been matched.
+    started: bool,
+    partial: Vec<u8>,
+    received: u64,
+    /// Last time this connection had nothing to wait for, or received bytes.
+    since: Instant,
+}
+
+/// Counts of a finished run.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Tally {
+    pub notifications: u64,
+    pub bytes: u64,
+}
+
+pub struct Verifier {
+    poll: Poll,
+    conns: Vec<Watched>,
+    scratch: Vec<u8>,
+    recipients: Vec<usize>,
+    expected_line: Vec<u8>,
+    pub tally: Tally,
+    timeout: Duration,
+    log_interval: Duration,
+}
+
+/// Why a run failed.
+pub type Failure = String;
+
+impl Verifier {
+    pub fn new(timeout: Duration, log_interval: Duration) -> io::Result<Verifier> {
+        Ok(Verifier {
+            poll: Poll::new()?,
+            conns: Vec::new(),
+            scratch: vec![0; 256 * 1024],
+            recipients: Vec::new(),
+            expected_line: Vec::new(),
+            tally: Tally::default(),
+            timeout,
+            log_interval,
+        })
+    }
+
+    /// Adds a connection that has sent its id; returns its index (for [`Model::watch`]).
+    pub fn add(&mut self, stream: std::net::TcpStream, user: u64, mode: Mode) -> io::Result<usize> {
+        let i = self.conns.len();
+        self.conns.push(Watched {
+            stream: None,
+            user,
+            mode,
+            expected: VecDeque::new(),
+            started: false,
+            partial: Vec::new(),
+            received: 0,
+            since: Instant::now(),
+        });
+        self.attach(i, stream)?;
+        Ok(i)
+    }
+
+    /// Gives connection `i` a new socket (a churned client reconnecting).
+    pub fn attach(&mut self, i: usize, stream: std::net::TcpStream) -> io::Result<()> {
+        stream.set_nonblocking(true)?;
+        let mut stream = TcpStream::from_std(stream);
+        self.poll
+            .registry()
+            .register(&mut stream, Token(i), Interest::READABLE)?;
+        let w = &mut self.conns[i];
+        if let Some(mut old) = w.stream.replace(stream) {
+            let _ = self.poll.registry().deregister(&mut old);
+        }
+        w.started = false;
+        w.partial.clear();
+        Ok(())
+    }
+
+    /// Drops connection `i`'s socket (a churned client leaving).
+    pub fn detach(&mut self, i: usize) {
+        if let Some(mut old) = self.conns[i].stream.take() {
+            let _ = self.poll.registry().deregister(&mut old);
+        }
+    }
+
+    /// Runs until every `Exact` connection has received everything the model expects
+    /// (and nothing more for `grace`), or fails. `tick` is called about every 50 ms.
+    pub fn run<I: Iterator<Item = Ev>>(
+        &mut self,
+        model: &mut Model<I>,
+        grace: Duration,
+        mut tick: impl FnMut(&mut Verifier),
+    ) -> Result<(), Failure> {
+        let mut events = Events::with_capacity(1024);
+        let started = Instant::now();
+        let mut next_log = started + self.log_interval;
+        let mut finished_at: Option<Instant> = None;
+        let mut last_count = 0;
+        loop {
+            self.poll
+                .poll(&mut events, Some(Duration::from_millis(50)))
+                .map_err(|e| format!("poll: {e}"))?;
+            for ev in events.iter() {
+                self.read(ev.token().0, model)?;
+            }
+            let now = Instant::now();
+            tick(self);
+            if finished_at.is_none() {
+                self.advance_idle(model);
+                if model.exhausted && self.exact_done() {
+                    finished_at = Some(now);
+                }
+            }
+            if let Some(t) = finished_at {
+                if now.duration_since(t) >= grace {
+                    return Ok(());
+                }
+            }
+            self.check_timeouts(now)?;
+            if now >= next_log {
+                let n = self.tally.notifications;
+                log::info!(
+                    "{} notifications verified ({:.0}/s), model at seq {}",
+                    n,
+                    (n - last_count) as f64 / self.log_interval.as_secs_f64(),
+                    model.last_seq
+                );
+                last_count = n;
+                next_log = now + self.log_interval;
+            }
+        }
+    }
+
+    fn exact_done(&self) -> bool {
+        self.conns
+            .iter()
+            .all(|w| w.mode != Mode::Exact || w.expected.is_empty())
+    }
+
+    /// While no exact connection waits for anything, step the model: events that notify
+    /// no watched connection need no reply, and the end of the stream must be reached.
+    fn advance_idle<I: Iterator<Item = Ev>>(&mut self, model: &mut Model<I>) {
+        while !model.exhausted && self.exact_done() {
+            self.step(model);
+        }
+    }
+
+    fn step<I: Iterator<Item = Ev>>(&mut self, model: &mut Model<I>) {
+        let mut recipients = std::mem::take(&mut self.recipients);
+        if let Some(ev) = model.step(&mut recipients) {
+            let now = Instant::now();
+            for &c in &recipients {
+                let w = &mut self.conns[c];
+                if w.expected.is_empty() {
+                    w.since = now;
+                }
+                w.expected.push_back(ev);
+            }
+        }
+        self.recipients = recipients;
+    }
+
+    fn read<I: Iterator<Item = Ev>>(
+        &mut self,
+        i: usize,
+        model: &mut Model<I>,
+    ) -> Result<(), Failure> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = self.read_with(i, model, &mut scratch);
+        self.scratch = scratch;
+        result
+    }
+
+    fn read_with<I: Iterator<Item = Ev>>(
+        &mut self,
+        i: usize,
+        model: &mut Model<I>,
+        scratch: &mut [u8],
+    ) -> Result<(), Failure> {
+        loop {
+            let Some(stream) = self.conns.get_mut(i).and_then(|w| w.stream.as_mut()) else {
+                return Ok(());
+            };
+            let n = match stream.read(scratch) {
+                Ok(0) => {
+                    if self.conns[i].mode == Mode::Exact {
+                        return Err(self.describe(i, "the server closed the connection"));
+                    }
+                    self.detach(i);
+                    return Ok(());
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.describe(i, &format!("read failed: {e}"))),
+            };
+            self.tally.bytes += n as u64;
+            self.conns[i].since = Instant::now();
+            let mut chunk = &scratch[..n];
+            // A line cut by the previous read: complete it first.
+            if !self.conns[i].partial.is_empty() {
+                match memchr::memchr(b'\n', chunk) {
+                    Some(k) => {
+                        let mut line = std::mem::take(&mut self.conns[i].partial);
+                        line.extend_from_slice(&chunk[..=k]);
+                        self.check(i, &line, model)?;
+                        line.clear();
+                        self.conns[i].partial = line;
+                        chunk = &chunk[k + 1..];
+                    }
+                    None => {
+                        self.conns[i].partial.extend_from_slice(chunk);
+                        continue;
+                    }
+                }
+            }
+            while let Some(k) = memchr::memchr(b'\n', chunk) {
+                self.check(i, &chunk[..=k], model)?;
+                chunk = &chunk[k + 1..];
+            }
+            self.conns[i].partial.extend_from_slice(chunk);
+        }
+    }
+
+    /// One received line (with its `\n`) against the model.
+    fn check<I: Iterator<Item = Ev>>(
+        &mut self,
+        i: usize,
+        line: &[u8],
+        model: &mut Model<I>,
+    ) -> Result<(), Failure> {
+        self.tally.notifications += 1;
+        self.conns[i].received += 1;
+        if self.conns[i].mode == Mode::Suffix && !self.conns[i].started {
+            let seq = std::str::from_utf8(line)
+                .ok()
+                .and_then(|l| l.split('|').next())
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    self.describe(
+                        i,
+                        &format!("got an unparsable line {:?}", String::from_utf8_lossy(line)),
+                    )
+                })?;
+            while !model.exhausted && model.last_seq < seq {
+                self.step(model);
+            }
+            let w = &mut self.conns[i];
+            while w.expected.front().is_some_and(|e| e.seq < seq) {
+                w.expected.pop_front();
+            }
+            w.started = true;
+        }
+        while self.conns[i].expected.is_empty() && !model.exhausted {
+            self.step(model);
+        }
+        let Some(want) = self.conns[i].expected.pop_front() else {
+            return Err(self.describe(
+                i,
+                &format!("got an extra line {:?}", String::from_utf8_lossy(line)),
+            ));
+        };
+        self.expected_line.clear();
+        want.write(&mut self.expected_line);
+        if line != self.expected_line.as_slice() {
+            let msg = format!(
+                "expected {:?}, got {:?}",
+                String::from_utf8_lossy(&self.expected_line),
+                String::from_utf8_lossy(line)
+            );
+            return Err(self.describe(i, &msg));
+        }
+        Ok(())
+    }
+
+    fn check_timeouts(&self, now: Instant) -> Result<(), Failure> {
+        for (i, w) in self.conns.iter().enumerate() {
+            if w.mode == Mode::Exact
+                && !w.expected.is_empty()
+                && now.duration_since(w.since) > self.timeout
+            {
+                let mut line = Vec::new();
+                if let Some(e) = w.expected.front() {
+                    e.write(&mut line);
+                }
+                return Err(self.describe(
+                    i,
+                    &format!(
+                        "nothing received for {} ms while expecting {:?}",
+                        self.timeout.as_millis(),
+                        String::from_utf8_lossy(&line)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self, i: usize, what: &str) -> Failure {
+        let w = &self.conns[i];
+        format!(
+            "client {i} (user {}), notification #{}: {what}",
+            w.user, w.received
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gen::Kind;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream as StdStream};
+
+    fn ev(seq: u64, kind: Kind, from: u64, to: u64) -> Ev {
+        Ev {
+            seq,
+            kind,
+            from,
+            to,
+            omitted: false,
+        }
+    }
+
+    /// A deliberately wrong (or right) tiny server: it sends `bytes` to user 5's single
+    /// connection, whatever the events say. Returns the verifier's verdict.
+    fn verdict(bytes: &'static [u8]) -> Result<(), Failure> {
+        let events = vec![
+            ev(1, Kind::Broadcast, 0, 0),
+            ev(2, Kind::Private, 9, 5),
+            ev(3, Kind::Private, 9, 6), // not for user 5
+            ev(4, Kind::Follow, 5, 7),  // not for user 5
+            ev(5, Kind::Status, 7, 0),  // 5 follows 7
+        ];
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = StdStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server_side, _) = listener.accept().unwrap();
+        let writer = std::thread::spawn(move || {
+            for chunk in bytes.chunks(3) {
+                server_side.write_all(chunk).unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(700));
+        });
+        let mut v = Verifier::new(Duration::from_millis(300), Duration::from_secs(60)).unwrap();
+        let i = v.add(client, 5, Mode::Exact).unwrap();
+        let mut model = Model::new(events.into_iter());
+        model.watch(5, i);
+        let result = v.run(&mut model, Duration::from_millis(200), |_| {});
+        writer.join().unwrap();
+        result
+    }
+
+    #[test]
+    fn passes_the_exact_stream() {
+        assert_eq!(verdict(b"1|B\r\n2|P|9|5\r\n5|S|7\r\n"), Ok(()));
+    }
+
+    #[test]
+    fn fails_on_a_missing_line() {
+        let err = verdict(b"1|B\r\n5|S|7\r\n").unwrap_err();
+        assert!(
+            err.contains("expected \"2|P|9|5\\r\\n\", got \"5|S|7\\r\\n\""),
+            "{err}"
+        );
+        let err = verdict(b"1|B\r\n2|P|9|5\r\n").unwrap_err();
+        assert!(
+            err.contains("nothing received") && err.contains("5|S|7"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn fails_on_an_extra_line() {
+        let err = verdict(b"1|B\r\n2|P|9|5\r\n5|S|7\r\n6|B\r\n").unwrap_err();
+        assert!(err.contains("extra line \"6|B\\r\\n\""), "{err}");
+        let err = verdict(b"1|B\r\n2|P|9|5\r\n3|P|9|6\r\n5|S|7\r\n").unwrap_err();
+        assert!(err.contains("got \"3|P|9|6"), "{err}");
+    }
+
+    #[test]
+    fn fails_on_a_reordered_line() {
+        let err = verdict(b"2|P|9|5\r\n1|B\r\n5|S|7\r\n").unwrap_err();
+        assert!(
+            err.contains("notification #1") && err.contains("user 5"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn fails_on_an_altered_line() {
+        let err = verdict(b"1|B\r\n2|P|9|05\r\n5|S|7\r\n").unwrap_err();
+        assert!(err.contains("got \"2|P|9|05\\r\\n\""), "{err}");
+        let err = verdict(b"1|B\n2|P|9|5\r\n5|S|7\r\n").unwrap_err();
+        assert!(
+            err.contains("got \"1|B\\n\""),
+            "a bare \\n is not the protocol: {err}"
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! Every maze-sim scenario, at a small size, against the real server.
+
+mod common;
+
+use common::Server;
+use std::process::Command;
+
+/// Runs maze-sim against `server` and returns (passed, summary line, full output).
+fn sim(server: &Server, scenario: &str, env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_maze-sim"))
+        .args([
+            "--scenario",
+            scenario,
+            "--server-pid",
+            &server.pid().to_string(),
+        ])
+        .env("eventListenerPort", server.events.port().to_string())
+        .env("clientListenerPort", server.clients.port().to_string())
+        .env("timeout", "10000")
+        .env("logInterval", "1000")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run maze-sim");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let summary = stdout.lines().last().unwrap_or_default().to_owned();
+    (out.status.success(), summary, format!("{stderr}\n{stdout}"))
+}
+
+fn field<'a>(summary: &'a str, key: &str) -> &'a str {
+    summary
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key} in {summary}"))
+}
+
+/// Runs one scenario and checks it passed, with the banner and a sane summary.
+fn passes(server_args: &[&str], scenario: &str, env: &[(&str, &str)]) -> (String, String, Server) {
+    let server = Server::start(server_args);
+    let (ok, summary, output) = sim(&server, scenario, env);
+    assert!(
+        ok,
+        "{scenario} failed:\n{output}\nserver log:\n{}",
+        server.log()
+    );
+    assert!(
+        output.contains("[INFO] \\o/ ALL NOTIFICATIONS RECEIVED \\o/"),
+        "{output}"
+    );
+    assert_eq!(field(&summary, "result"), "pass");
+    assert_eq!(field(&summary, "scenario"), scenario);
+    assert!(
+        field(&summary, "notifications").parse::<u64>().unwrap() > 0,
+        "{summary}"
+    );
+    assert!(
+        field(&summary, "server_peak_rss_kib")
+            .parse::<u64>()
+            .unwrap()
+            > 0,
+        "{summary}"
+    );
+    (summary, output, server)
+}
+
+#[test]
+fn standard() {
+    let (summary, _, _) = passes(
+        &[],
+        "standard",
+        &[("totalEvents", "50000"), ("concurrencyLevel", "50")],
+    );
+    assert_eq!(field(&summary, "events"), "50000");
+}
+
+#[test]
+fn junk_and_malformed_lines() {
+    let (_, _, server) = passes(
+        &[],
+        "junk",
+        &[("totalEvents", "30000"), ("concurrencyLevel", "20")],
+    );
+    let (_, log) = server.terminate();
+    assert!(!log.contains(" junk=0 "), "junk was sent: {log}");
+    assert!(!log.contains(" noop=0 "), "no-ops were sent: {log}");
+    assert!(
+        !log.contains(" overlong=0 "),
+        "over-long lines were sent: {log}"
+    );
+}
+
+#[test]
+fn fragmented_writes() {
+    passes(
+        &[],
+        "fragmented",
+        &[("totalEvents", "3000"), ("concurrencyLevel", "10")],
+    );
+}
+
+#[test]
+fn deep_disorder() {
+    passes(
+        &[],
+        "deep-disorder",
+        &[
+            ("totalEvents", "150000"),
+            ("maxEventSourceBatchSize", "100000"),
+            ("concurrencyLevel", "20"),
+        ],
+    );
+}
+
+#[test]
+fn missing_sequence_numbers() {
+    let (_, _, server) = passes(
+        &["--gap-timeout-ms", "200"],
+        "gaps",
+        &[("totalEvents", "20000"), ("concurrencyLevel", "20")],
+    );
+    let (_, log) = server.terminate();
+    assert!(log.contains("skipped=15"), "three gaps of five: {log}");
+}
+
+#[test]
+fn a_client_that_never_reads() {
+    passes(
+        &["--client-buffer-limit", "8192", "--stall-timeout-ms", "500"],
+        "never-reads",
+        &[("totalEvents", "60000"), ("concurrencyLevel", "20")],
+    );
+}
+
+#[test]
+fn several_connections_per_user() {
+    passes(
+        &[],
+        "multi-conn",
+        &[("totalEvents", "30000"), ("concurrencyLevel", "20")],
+    );
+}
+
+#[test]
+fn misbehaving_clients() {
+    let (_, _, server) = passes(
+        &[],
+        "misbehaving",
+        &[("totalEvents", "30000"), ("concurrencyLevel", "20")],
+    );
+    let (_, log) = server.terminate();
+    assert!(log.contains("clients_bad_id="), "{log}");
+    assert!(!log.contains("clients_bad_id=0 "), "{log}");
+}
+
+#[test]
+fn client_churn() {
+    passes(
+        &[],
+        "churn",
+        &[("totalEvents", "40000"), ("concurrencyLevel", "20")],
+    );
+}
+
+#[test]
+fn two_sessions_back_to_back() {
+    let (summary, _, server) = passes(
+        &[],
+        "two-sessions",
+        &[("totalEvents", "20000"), ("concurrencyLevel", "20")],
+    );
+    assert_eq!(field(&summary, "events"), "40000");
+    server.wait_log("session 2 ended");
+}
+
+#[test]
+fn soak_samples_server_rss() {
+    let (_, output, _) = passes(
+        &[],
+        "soak",
+        &[("totalEvents", "150000"), ("concurrencyLevel", "20")],
+    );
+    assert!(output.contains("rss_sample t="), "{output}");
+}
+
+#[test]
+fn a_wrong_port_fails_with_a_reason_and_a_summary() {
+    let server = Server::start(&[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_maze-sim"))
+        .env("eventListenerPort", server.events.port().to_string())
+        .env("clientListenerPort", "1")
+        .env("totalEvents", "10")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.lines().last().unwrap().starts_with("result=fail "),
+        "{stdout}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connect to clients port"));
+}
