@@ -5,7 +5,8 @@
 //! events cost no more memory than 1,000.
 //!
 //! The mix (shares of events, before scenario extras):
-//! follow 20%, unfollow 8%, private message 38%, status update 33.5%, broadcast 0.5%.
+//! broadcast 0.5% (`broadcastPermille`), and of the rest follow 20.1%, unfollow 8%,
+//! private message 38.2%, status update 33.7%.
 //! Follow targets and status authors are skewed toward low ids (`id = users * r^3`), so a
 //! few users are popular. The follow graph is bounded: at `4 * users` edges a follow
 //! becomes an unfollow of a random existing edge, so graph size (in the server and
@@ -105,6 +106,8 @@ pub struct GenConfig {
     /// Share of events (percent) that are private messages to `hot_user`.
     pub hot_share: u64,
     pub hot_user: u64,
+    /// Broadcasts per thousand events.
+    pub broadcast_permille: u64,
 }
 
 impl GenConfig {
@@ -118,6 +121,7 @@ impl GenConfig {
             gap_len: 0,
             hot_share: 0,
             hot_user: 0,
+            broadcast_permille: 5,
         }
     }
 }
@@ -199,8 +203,10 @@ impl Iterator for Gen {
             let from = self.uniform_user();
             return ev(Kind::Private, from, self.cfg.hot_user);
         }
-        let roll = self.rng.below(1000);
-        match roll {
+        if self.rng.below(1000) < self.cfg.broadcast_permille {
+            return ev(Kind::Broadcast, 0, 0);
+        }
+        match self.rng.below(995) {
             0..=199 => {
                 let cap = (self.cfg.users * 4) as usize;
                 if self.edges.len() >= cap {
@@ -226,11 +232,10 @@ impl Iterator for Gen {
                 let (a, b) = (self.uniform_user(), self.uniform_user());
                 ev(Kind::Private, a, b)
             }
-            660..=994 => {
+            _ => {
                 let from = self.popular_user();
                 ev(Kind::Status, from, 0)
             }
-            _ => ev(Kind::Broadcast, 0, 0),
         }
     }
 }

@@ -63,6 +63,7 @@ struct Settings {
     scenario: Scenario,
     server_pid: Option<u32>,
     grace: Duration,
+    broadcast_permille: u64,
 }
 
 const USAGE: &str = "\
@@ -72,7 +73,7 @@ Settings come from the classic verifier's environment variables (flags of the sa
 override them): eventListenerPort 9090, clientListenerPort 9099, totalEvents 10000000,
 concurrencyLevel 100, numberOfUsers concurrencyLevel*10, randomSeed 666, timeout 20000 (ms),
 maxEventSourceBatchSize 100, logInterval 1000 (ms), logLevel info; also host 127.0.0.1,
-graceMs 300, scenario standard.
+graceMs 300, broadcastPermille 5, scenario standard.
 
 Scenarios: standard junk fragmented deep-disorder gaps never-reads multi-conn misbehaving
 churn two-sessions soak";
@@ -156,6 +157,7 @@ fn settings() -> Result<Settings, String> {
         scenario,
         server_pid,
         grace: Duration::from_millis(num(get("graceMs"), "graceMs", 300)?),
+        broadcast_permille: num(get("broadcastPermille"), "broadcastPermille", 5)?.min(1000),
     };
     if s.clients == 0 || s.users < s.clients || s.max_batch == 0 {
         return Err("need concurrencyLevel >= 1, numberOfUsers >= concurrencyLevel, maxEventSourceBatchSize >= 1".into());
@@ -387,6 +389,7 @@ fn run(s: &Settings) -> Outcome {
 
 fn gen_config(s: &Settings, session: u64, hot_user: u64) -> GenConfig {
     let mut g = GenConfig::new(s.total, s.users, s.seed.wrapping_add(session * 1_000_003));
+    g.broadcast_permille = s.broadcast_permille;
     match s.scenario {
         Scenario::Junk => g.noop_every = 37,
         Scenario::Gaps => {

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Benchmarks a follower-maze server on named workloads with maze-sim and prints one table
+# row per run: events/s, notifications/s, server CPU seconds (user+sys), server peak RSS
+# (VmHWM), maze-sim's own CPU, and whether verification passed; with RUNS>1 also a median
+# row per workload.
+#
+#   scripts/bench.sh [WORKLOAD ...]     default: classic 10k-clients deep-disorder broadcast-heavy
+#   RUNS=3 scripts/bench.sh classic     medians of three runs
+#   SERVER_CMD='java -jar other.jar' scripts/bench.sh   any server of the protocol; it gets
+#                                       eventListenerPort / clientListenerPort in its env
+#
+# Workloads: classic (10M events, 100 clients, 1,000 users, batches of 100),
+# 10k-clients (2M events, 10,000 clients, 100,000 users), deep-disorder (2M events,
+# batches of 200,000), broadcast-heavy (2M events, 5% broadcasts), soak (100M events,
+# server RSS sampled every second). Each run gets a fresh server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+RUNS=${RUNS:-1}
+EPORT=${BENCH_EVENT_PORT:-19090}
+CPORT=${BENCH_CLIENT_PORT:-19099}
+OURS="./target/release/follower-maze --stats-interval-s 0 --event-port $EPORT --client-port $CPORT"
+SERVER_CMD=${SERVER_CMD:-$OURS}
+workloads=("$@")
+[ ${#workloads[@]} -gt 0 ] || workloads=(classic 10k-clients deep-disorder broadcast-heavy)
+
+workload_env() {
+  case "$1" in
+    classic) echo "totalEvents=10000000 concurrencyLevel=100 numberOfUsers=1000" ;;
+    10k-clients) echo "totalEvents=2000000 concurrencyLevel=10000 numberOfUsers=100000" ;;
+    deep-disorder) echo "scenario=deep-disorder totalEvents=2000000 maxEventSourceBatchSize=200000" ;;
+    broadcast-heavy) echo "totalEvents=2000000 broadcastPermille=50" ;;
+    soak) echo "scenario=soak totalEvents=100000000" ;;
+    *) echo "unknown workload: $1" >&2; exit 2 ;;
+  esac
+}
+
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "server did not listen on $1" >&2
+  return 1
+}
+
+# Prints the value of KEY from a key=value summary line.
+field() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"; }
+
+row() { printf '%-16s %-6s %12s %14s %12s %14s %10s %s\n' "$@"; }
+
+row workload run events/s notifications/s server_cpu_s server_rss_kib sim_cpu_s result
+for w in "${workloads[@]}"; do
+  envs=$(workload_env "$w")
+  rows=()
+  for run in $(seq 1 "$RUNS"); do
+    log=$(mktemp)
+    eventListenerPort=$EPORT clientListenerPort=$CPORT bash -c "exec $SERVER_CMD" 2>"$log" &
+    pid=$!
+    wait_port "$EPORT" && wait_port "$CPORT"
+    summary=$(env $envs eventListenerPort=$EPORT clientListenerPort=$CPORT logLevel=warn \
+      ./target/release/maze-sim --server-pid "$pid" 2>>"$log.sim" | tail -n 1) || true
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    elapsed=$(field elapsed_s "$summary")
+    notes=$(field notifications "$summary")
+    nps=$(awk -v n="$notes" -v t="$elapsed" 'BEGIN { if (t > 0) printf "%.0f", n / t; else print 0 }')
+    r=("$w" "$run" "$(field events_per_s "$summary")" "$nps" "$(field server_cpu_s "$summary")" \
+       "$(field server_peak_rss_kib "$summary")" "$(field sim_cpu_s "$summary")" "$(field result "$summary")")
+    row "${r[@]}"
+    rows+=("${r[*]}")
+    [ "$(field result "$summary")" = pass ] || { echo "--- maze-sim:"; tail -5 "$log.sim"; }
+    rm -f "$log" "$log.sim"
+  done
+  if [ "$RUNS" -gt 1 ]; then
+    med() { printf '%s\n' "${rows[@]}" | awk -v c="$1" '{print $c}' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+    row "$w" median "$(med 3)" "$(med 4)" "$(med 5)" "$(med 6)" "$(med 7)" "-"
+  fi
+done
