@@ -129,6 +129,8 @@ pub struct Server {
     next_tick: Instant,
     next_stats: Option<Instant>,
     accept_paused_until: Option<Instant>,
+    /// Out of file descriptors since the last successful accept (warned once).
+    out_of_fds: bool,
     shutdown: bool,
     /// The pump stopped with work left (budget spent, or just resumed).
     work_left: bool,
@@ -182,6 +184,7 @@ impl Server {
             gap_since: now,
             next_tick: now,
             accept_paused_until: None,
+            out_of_fds: false,
             shutdown: false,
             work_left: false,
         })
@@ -295,16 +298,16 @@ impl Server {
             };
             let Some(listener) = listener else { return };
             match listener.accept() {
-                Ok((stream, addr)) => self.admit(side, stream, addr, now),
+                Ok((stream, addr)) => {
+                    self.out_of_fds = false;
+                    self.admit(side, stream, addr, now);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.raw_os_error(), Some(EMFILE | ENFILE)) => {
-                    warn_limited!(
-                        self.warns,
-                        Warn::Accept,
-                        now,
-                        "out of file descriptors ({e}): not accepting for {ACCEPT_PAUSE:?}"
-                    );
+                    if !std::mem::replace(&mut self.out_of_fds, true) {
+                        log::warn!("out of file descriptors ({e}): pausing accepts {ACCEPT_PAUSE:?} at a time until one succeeds");
+                    }
                     self.accept_paused_until = Some(now + ACCEPT_PAUSE);
                     return;
                 }

@@ -1,0 +1,268 @@
+//! Flow control, hostile clients, limits, signals and operations, against the real server
+//! binary over real sockets.
+
+mod common;
+
+use common::{clients, proc_rss_kib, send_lines, Client, Server};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A broadcast whose payload is ~1 KB: the seq padded with leading zeros (valid, and
+/// delivered exactly as read).
+fn fat_broadcast(seq: u64) -> String {
+    format!("{seq:0>1000}|B")
+}
+
+/// Sends `n` fat broadcasts from a thread (the server may hold the source back).
+fn stream_fat(server: &Server, n: u64) -> std::thread::JoinHandle<()> {
+    let mut src = server.source();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        for seq in 1..=n {
+            buf.extend_from_slice(fat_broadcast(seq).as_bytes());
+            buf.extend_from_slice(b"\r\n");
+            if buf.len() > 256 * 1024 {
+                src.write_all(&buf).unwrap();
+                buf.clear();
+            }
+        }
+        src.write_all(&buf).unwrap();
+        // Stay connected: a closing source would end the session.
+        std::thread::sleep(Duration::from_secs(60));
+    })
+}
+
+/// Reads `n` fat broadcasts and checks they are 1..=n in order; `sip` slows the reader.
+fn read_fat(c: &mut Client, n: u64, sip: Option<(usize, Duration)>) {
+    let mut pending = Vec::new();
+    let mut next = 1u64;
+    let mut chunk = vec![0u8; 1 << 16];
+    while next <= n {
+        let want = sip.map_or(chunk.len(), |(size, _)| size);
+        let k = c.stream.read(&mut chunk[..want]).expect("read");
+        assert!(k > 0, "closed at {next}");
+        pending.extend_from_slice(&chunk[..k]);
+        let mut start = 0;
+        while let Some(i) = pending[start..].windows(2).position(|w| w == b"\r\n") {
+            let line = &pending[start..start + i];
+            assert_eq!(line, fat_broadcast(next).as_bytes(), "line {next}");
+            next += 1;
+            start += i + 2;
+        }
+        pending.drain(..start);
+        if let Some((_, pause)) = sip {
+            std::thread::sleep(pause);
+        }
+    }
+}
+
+#[test]
+fn a_client_that_never_reads_is_dropped_and_memory_stays_bounded() {
+    let s = Server::start(&["--client-buffer-limit", "65536", "--stall-timeout-ms", "1000"]);
+    let mut readers = clients(&s, &[2, 3]);
+    let mut never = clients(&s, &[1]).remove(0);
+    const N: u64 = 40_000; // 40 MB to each client
+    let _source = stream_fat(&s, N);
+    let threads: Vec<_> = readers
+        .drain(..)
+        .map(|mut c| std::thread::spawn(move || read_fat(&mut c, N, None)))
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let (peak, _) = s.rss_kib();
+    // Without backpressure the never-reader's share alone would be ~40 MB.
+    assert!(peak < 24 * 1024, "peak RSS {peak} KiB");
+    never.expect_closed();
+    s.wait_log("took no bytes for 1s");
+    let (_, log) = s.terminate();
+    assert!(log.contains("clients_stalled=1"), "{log}");
+}
+
+#[test]
+fn a_slow_reader_gets_everything_in_order_and_memory_stays_bounded() {
+    let s = Server::start(&["--client-buffer-limit", "262144"]);
+    let mut cs = clients(&s, &[1, 2]);
+    let mut slow = cs.remove(0);
+    let mut fast = cs.remove(0);
+    const N: u64 = 30_000; // 30 MB each
+    let _source = stream_fat(&s, N);
+    let fast = std::thread::spawn(move || read_fat(&mut fast, N, None));
+    let peak_watch = {
+        let pid = s.pid();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            for _ in 0..40 {
+                peak = peak.max(proc_rss_kib(pid).1);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        })
+    };
+    // ~13 MB/s in 64 KiB sips: far slower than the server can produce.
+    read_fat(&mut slow, N, Some((65536, Duration::from_millis(5))));
+    fast.join().unwrap();
+    let rss_while_lagging = peak_watch.join().unwrap();
+    let (peak, _) = s.rss_kib();
+    assert!(peak < 16 * 1024, "peak RSS {peak} KiB");
+    assert!(rss_while_lagging < 16 * 1024, "RSS while lagging {rss_while_lagging} KiB");
+    let (_, log) = s.terminate();
+    assert!(log.contains("clients_stalled=0"), "a slow reader is not a stalled one: {log}");
+}
+
+#[test]
+fn the_auth_timeout_closes_a_silent_connection_and_no_one_else() {
+    let s = Server::start(&["--auth-timeout-ms", "300"]);
+    let mut good = clients(&s, &[9]);
+    let mut silent = Client::connect(s.clients);
+    let mut half = Client::connect(s.clients);
+    half.send(b"12"); // an id without its line end never completes
+    let t0 = Instant::now();
+    silent.expect_closed();
+    half.expect_closed();
+    assert!(t0.elapsed() >= Duration::from_millis(250), "closed too early");
+    let mut src = s.source();
+    send_lines(&mut src, &["1|P|3|9"]);
+    assert_eq!(good[0].read_lines(1), ["1|P|3|9"]);
+    s.wait_log("no id within 300ms");
+}
+
+#[test]
+fn max_clients_rejects_the_surplus() {
+    let s = Server::start(&["--max-clients", "3"]);
+    let mut admitted = clients(&s, &[1, 2, 3]);
+    let mut surplus = Client::connect(s.clients);
+    surplus.send(b"4\r\n");
+    surplus.expect_closed();
+    let mut src = s.source();
+    send_lines(&mut src, &["1|B"]);
+    for c in &mut admitted {
+        assert_eq!(c.read_lines(1), ["1|B"]);
+    }
+    // A slot freed is a slot available again.
+    drop(admitted.pop());
+    s.wait_log(" disconnected");
+    let mut late = clients(&s, &[5]).remove(0);
+    send_lines(&mut src, &["2|P|1|5"]);
+    assert_eq!(late.read_lines(1), ["2|P|1|5"]);
+    let (_, log) = s.terminate();
+    assert!(log.contains("clients_rejected=1"), "{log}");
+}
+
+#[test]
+fn out_of_file_descriptors_the_server_survives_serves_and_does_not_spin() {
+    use std::os::unix::process::CommandExt;
+    let s = Server::start_with(&[], |cmd| unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit { rlim_cur: 24, rlim_max: 24 };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    });
+    let mut first = clients(&s, &[1]);
+    let mut src = s.source();
+    // Far more connection attempts than descriptors; they sit in the backlog.
+    let flood: Vec<TcpStream> = (0..60).filter_map(|_| TcpStream::connect(s.clients).ok()).collect();
+    s.wait_log("out of file descriptors");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = s.cpu();
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = s.cpu() - before;
+    assert!(spent < Duration::from_millis(150), "spinning: {spent:?} of CPU in a quiet second");
+    send_lines(&mut src, &["1|P|2|1", "2|B"]);
+    assert_eq!(first[0].read_lines(2), ["1|P|2|1", "2|B"]);
+    assert_eq!(s.log().matches("out of file descriptors").count(), 1, "warned once");
+    // Descriptors freed: the backlog is served again.
+    drop(flood);
+    drop(first);
+    let mut later = Client::connect(s.clients);
+    later.send(b"7\r\n");
+    s.wait_log("identified as user 7");
+    send_lines(&mut src, &["3|P|2|7"]);
+    assert_eq!(later.read_lines(1), ["3|P|2|7"]);
+}
+
+#[test]
+fn sigterm_flushes_pending_output_and_exits_0_with_final_stats() {
+    let s = Server::start(&["--client-buffer-limit", "67108864"]);
+    let mut c = clients(&s, &[1]).remove(0);
+    const N: u64 = 10_000; // 10 MB: more than the kernel holds for a client not reading
+    let mut src = s.source();
+    let mut buf = Vec::new();
+    for seq in 1..=N {
+        buf.extend_from_slice(fat_broadcast(seq).as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+    src.write_all(&buf).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100)); // SIGTERM lands first
+        read_fat(&mut c, N, None);
+        c
+    });
+    let (status, log) = s.terminate();
+    reader.join().expect("all pending output arrived after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(log.contains("final stats: events_in=10000"), "{log}");
+}
+
+#[test]
+fn stats_lines_and_rate_limited_warnings() {
+    let s = Server::start(&["--stats-interval-s", "1"]);
+    let mut src = s.source();
+    let junk: Vec<String> = (0..100).map(|i| format!("junk{i}")).collect();
+    let refs: Vec<&str> = junk.iter().map(String::as_str).collect();
+    send_lines(&mut src, &refs);
+    s.wait_log("Junk: 95 more suppressed");
+    s.wait_log("stats: events_in=0");
+    assert_eq!(s.log().matches("junk line discarded").count(), 5);
+    s.wait_log("junk=100");
+}
+
+fn run_binary(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_follower-maze"))
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn bad_flags_exit_2_with_one_clear_line() {
+    for args in [
+        &["--event-port", "99999"][..],
+        &["--nonsense"],
+        &["--max-window", "0"],
+        &["--bind", "not-an-ip"],
+        &["--gap-timeout-ms"],
+    ] {
+        let (code, stderr) = run_binary(args);
+        assert_eq!(code, Some(2), "{args:?}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("follower-maze: "), "{stderr}");
+    }
+    let (code, _) = run_binary(&["--help"]);
+    assert_eq!(code, Some(0));
+    let out = Command::new(env!("CARGO_BIN_EXE_follower-maze"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("follower-maze "));
+}
+
+#[test]
+fn a_busy_port_exits_2_with_one_clear_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    for args in [["--event-port", &port, "--client-port", "0"], ["--event-port", "0", "--client-port", &port]] {
+        let (code, stderr) = run_binary(&args);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(&port) && stderr.contains("cannot listen"), "{stderr}");
+    }
+}
