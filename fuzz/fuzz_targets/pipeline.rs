@@ -1,0 +1,85 @@
+//! Fuzzes the pure pipeline with arbitrary bytes: splitter (cut into reads of sizes the
+//! input chooses) -> parser -> reorder window (small max, random gap skips) -> pops.
+//! Checks, beyond "no panic": every seq leaves the window at most once and in order, the
+//! ring never exceeds its bound, and the splitter's buffer stays bounded.
+#![no_main]
+
+use follower_maze::event::{parse, Event, ParseError};
+use follower_maze::lines::{Line, LineSplitter};
+use follower_maze::window::{Insert, Pop, ReorderWindow};
+use libfuzzer_sys::fuzz_target;
+
+const MAX: u64 = 64;
+
+struct Checker {
+    window: ReorderWindow,
+    prev: u64,
+}
+
+impl Checker {
+    fn account(&mut self, p: Pop) {
+        let (from, through) = match p {
+            Pop::Event(e, _) => (e.seq, e.seq),
+            Pop::Skipped { from, through } => (from, through),
+        };
+        assert_eq!(from, self.prev.wrapping_add(1));
+        assert!(through >= from);
+        self.prev = through;
+    }
+
+    fn drain(&mut self) {
+        while let Some(p) = self.window.pop() {
+            self.account(p);
+        }
+    }
+
+    fn offer(&mut self, ev: Event, raw: &[u8]) {
+        match self.window.insert(ev, raw) {
+            Insert::TooFar => {
+                self.window.make_room_for(ev.seq);
+                while !self.window.fits(ev.seq) {
+                    let p = self.window.pop().expect("room must be made");
+                    self.account(p);
+                }
+                assert_eq!(self.window.insert(ev, raw), Insert::Stored);
+            }
+            Insert::Late => assert!(ev.seq <= self.prev),
+            Insert::Stored | Insert::Duplicate => {}
+        }
+        assert!(self.window.capacity() as u64 <= MAX.next_power_of_two());
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&cut, data)) = data.split_first() else { return };
+    let chunk = 1 + (cut as usize % 64);
+    let mut lines = LineSplitter::new(32, chunk);
+    let mut c = Checker { window: ReorderWindow::new(2, MAX), prev: 0 };
+    let mut rest = data;
+    while !rest.is_empty() {
+        let spare = lines.spare();
+        let n = spare.len().min(rest.len()).min(chunk);
+        spare[..n].copy_from_slice(&rest[..n]);
+        lines.filled(n);
+        rest = &rest[n..];
+        while let Some(line) = lines.next_line() {
+            let Line::Full(l) = line else { continue };
+            let raw = l.to_vec();
+            match parse(&raw) {
+                Ok(ev) => c.offer(ev, &raw),
+                Err(ParseError::NoOp { seq, .. }) => c.offer(Event::noop(seq), &raw),
+                Err(ParseError::Junk) => {}
+            }
+            if raw.first() == Some(&b'!') {
+                if let Some(p) = c.window.skip_gap() {
+                    c.account(p);
+                }
+            }
+            c.drain();
+        }
+        assert!(lines.buffered() <= 32 + 2 + chunk);
+    }
+    c.window.start_flush();
+    c.drain();
+    assert!(c.window.flushed());
+});
