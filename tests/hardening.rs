@@ -60,7 +60,12 @@ fn read_fat(c: &mut Client, n: u64, sip: Option<(usize, Duration)>) {
 
 #[test]
 fn a_client_that_never_reads_is_dropped_and_memory_stays_bounded() {
-    let s = Server::start(&["--client-buffer-limit", "65536", "--stall-timeout-ms", "3000"]);
+    let s = Server::start(&[
+        "--client-buffer-limit",
+        "65536",
+        "--stall-timeout-ms",
+        "3000",
+    ]);
     let mut readers = clients(&s, &[2, 3]);
     let mut never = clients(&s, &[1]).remove(0);
     const N: u64 = 40_000; // 40 MB to each client
@@ -107,9 +112,15 @@ fn a_slow_reader_gets_everything_in_order_and_memory_stays_bounded() {
     let rss_while_lagging = peak_watch.join().unwrap();
     let (peak, _) = s.rss_kib();
     assert!(peak < 16 * 1024, "peak RSS {peak} KiB");
-    assert!(rss_while_lagging < 16 * 1024, "RSS while lagging {rss_while_lagging} KiB");
+    assert!(
+        rss_while_lagging < 16 * 1024,
+        "RSS while lagging {rss_while_lagging} KiB"
+    );
     let (_, log) = s.terminate();
-    assert!(log.contains("clients_stalled=0"), "a slow reader is not a stalled one: {log}");
+    assert!(
+        log.contains("clients_stalled=0"),
+        "a slow reader is not a stalled one: {log}"
+    );
 }
 
 #[test]
@@ -122,7 +133,10 @@ fn the_auth_timeout_closes_a_silent_connection_and_no_one_else() {
     let t0 = Instant::now();
     silent.expect_closed();
     half.expect_closed();
-    assert!(t0.elapsed() >= Duration::from_millis(250), "closed too early");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "closed too early"
+    );
     let mut src = s.source();
     send_lines(&mut src, &["1|P|3|9"]);
     assert_eq!(good[0].read_lines(1), ["1|P|3|9"]);
@@ -156,7 +170,10 @@ fn out_of_file_descriptors_the_server_survives_serves_and_does_not_spin() {
     use std::os::unix::process::CommandExt;
     let s = Server::start_with(&[], |cmd| unsafe {
         cmd.pre_exec(|| {
-            let lim = libc::rlimit { rlim_cur: 24, rlim_max: 24 };
+            let lim = libc::rlimit {
+                rlim_cur: 24,
+                rlim_max: 24,
+            };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -166,16 +183,25 @@ fn out_of_file_descriptors_the_server_survives_serves_and_does_not_spin() {
     let mut first = clients(&s, &[1]);
     let mut src = s.source();
     // Far more connection attempts than descriptors; they sit in the backlog.
-    let flood: Vec<TcpStream> = (0..60).filter_map(|_| TcpStream::connect(s.clients).ok()).collect();
+    let flood: Vec<TcpStream> = (0..60)
+        .filter_map(|_| TcpStream::connect(s.clients).ok())
+        .collect();
     s.wait_log("out of file descriptors");
     std::thread::sleep(Duration::from_millis(300));
     let before = s.cpu();
     std::thread::sleep(Duration::from_secs(1));
     let spent = s.cpu() - before;
-    assert!(spent < Duration::from_millis(150), "spinning: {spent:?} of CPU in a quiet second");
+    assert!(
+        spent < Duration::from_millis(150),
+        "spinning: {spent:?} of CPU in a quiet second"
+    );
     send_lines(&mut src, &["1|P|2|1", "2|B"]);
     assert_eq!(first[0].read_lines(2), ["1|P|2|1", "2|B"]);
-    assert_eq!(s.log().matches("out of file descriptors").count(), 1, "warned once");
+    assert_eq!(
+        s.log().matches("out of file descriptors").count(),
+        1,
+        "warned once"
+    );
     // Descriptors freed: the backlog is served again.
     drop(flood);
     drop(first);
@@ -205,7 +231,9 @@ fn sigterm_flushes_pending_output_and_exits_0_with_final_stats() {
         c
     });
     let (status, log) = s.terminate();
-    reader.join().expect("all pending output arrived after SIGTERM");
+    reader
+        .join()
+        .expect("all pending output arrived after SIGTERM");
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(log.contains("shutting down"), "{log}");
     assert!(log.contains("final stats: events_in=10000"), "{log}");
@@ -229,7 +257,10 @@ fn run_binary(args: &[&str]) -> (Option<i32>, String) {
         .args(args)
         .output()
         .unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -259,10 +290,16 @@ fn bad_flags_exit_2_with_one_clear_line() {
 fn a_busy_port_exits_2_with_one_clear_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    for args in [["--event-port", &port, "--client-port", "0"], ["--event-port", "0", "--client-port", &port]] {
+    for args in [
+        ["--event-port", &port, "--client-port", "0"],
+        ["--event-port", "0", "--client-port", &port],
+    ] {
         let (code, stderr) = run_binary(&args);
         assert_eq!(code, Some(2), "{stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(stderr.contains(&port) && stderr.contains("cannot listen"), "{stderr}");
+        assert!(
+            stderr.contains(&port) && stderr.contains("cannot listen"),
+            "{stderr}"
+        );
     }
 }
