@@ -54,42 +54,44 @@ pub enum Malformed {
 /// Longest canonical rendering: `seq|F|from|to\r\n` with three 20-digit numbers.
 pub const MAX_RENDERED: usize = 20 + 3 + 20 + 1 + 20 + 2;
 
-/// Parses one payload (terminator already stripped).
+/// Parses one payload (terminator already stripped), in one pass over its bytes.
 pub fn parse(line: &[u8]) -> Result<Event, ParseError> {
-    let mut fields = line.split(|&b| b == b'|');
-    // `split` always yields a first field, possibly empty.
-    let seq_field = fields.next().unwrap_or_default();
-    let seq = match number(seq_field) {
+    let (seq, mut pos) = scan(line, 0);
+    let seq = match seq {
         Some(seq) if seq >= 1 => seq,
         _ => return Err(ParseError::Junk),
     };
     let noop = |why| Err(ParseError::NoOp { seq, why });
-    let kind = match fields.next() {
-        Some(b"F") => Kind::Follow,
-        Some(b"U") => Kind::Unfollow,
-        Some(b"B") => Kind::Broadcast,
-        Some(b"P") => Kind::Private,
-        Some(b"S") => Kind::Status,
+    let mut canonical = is_canonical(&line[..pos]);
+    // The type: exactly one byte between two separators (or the end).
+    let tag = pos + 1;
+    if tag >= line.len() || line.get(tag + 1).is_some_and(|&b| b != b'|') {
+        return noop(Malformed::UnknownType);
+    }
+    let (kind, wanted) = match line[tag] {
+        b'F' => (Kind::Follow, 2),
+        b'U' => (Kind::Unfollow, 2),
+        b'B' => (Kind::Broadcast, 0),
+        b'P' => (Kind::Private, 2),
+        b'S' => (Kind::Status, 1),
         _ => return noop(Malformed::UnknownType),
     };
-    let wanted = match kind {
-        Kind::Broadcast => 0,
-        Kind::Status => 1,
-        _ => 2,
-    };
+    pos = tag + 1;
     let mut ids = [0u64; 2];
-    let mut canonical = is_canonical(seq_field);
     let mut count = 0;
-    for field in fields {
+    // Invariant: `pos` is at a `|` (another field follows) or at the end.
+    while pos < line.len() {
         if count == wanted {
             return noop(Malformed::FieldCount);
         }
-        match number(field) {
+        let (id, end) = scan(line, pos + 1);
+        match id {
             Some(id) => ids[count] = id,
             None => return noop(Malformed::BadId),
         }
-        canonical &= is_canonical(field);
+        canonical &= is_canonical(&line[pos + 1..end]);
         count += 1;
+        pos = end;
     }
     if count != wanted {
         return noop(Malformed::FieldCount);
@@ -103,10 +105,52 @@ pub fn parse(line: &[u8]) -> Result<Event, ParseError> {
     })
 }
 
+/// Reads the field from `start` to the next `|` or the end: its value if it is a decimal
+/// u64, and where it ends.
+#[inline(always)]
+fn scan(line: &[u8], start: usize) -> (Option<u64>, usize) {
+    let field = &line[start..];
+    let mut value = 0u64;
+    let mut n = 0;
+    while n < field.len() {
+        let digit = field[n].wrapping_sub(b'0');
+        if digit > 9 {
+            break;
+        }
+        value = value.wrapping_mul(10).wrapping_add(u64::from(digit));
+        n += 1;
+    }
+    if n < field.len() && field[n] != b'|' {
+        // A stray byte: the field is invalid; find where it ends.
+        let end = field.iter().position(|&b| b == b'|').unwrap_or(field.len());
+        return (None, start + end);
+    }
+    // Up to 19 digits cannot overflow; longer fields (leading zeros) take the checked path.
+    let value = if n > 19 {
+        number(&field[..n])
+    } else {
+        Some(value)
+    };
+    ((n > 0).then_some(value).flatten(), start + n)
+}
+
 /// A decimal u64: one or more ASCII digits, no sign, no overflow.
+#[inline]
 pub fn number(field: &[u8]) -> Option<u64> {
     if field.is_empty() {
         return None;
+    }
+    // Up to 19 digits cannot overflow: the common case needs no checked arithmetic.
+    if field.len() <= 19 {
+        let mut v = 0u64;
+        for &b in field {
+            let digit = b.wrapping_sub(b'0');
+            if digit > 9 {
+                return None;
+            }
+            v = v * 10 + u64::from(digit);
+        }
+        return Some(v);
     }
     field.iter().try_fold(0u64, |acc, &b| {
         let digit = b.wrapping_sub(b'0');

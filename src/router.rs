@@ -11,10 +11,17 @@ use hashbrown::{HashMap, HashSet};
 pub type ConnId = usize;
 
 /// Follow graph plus user -> connections registry.
+///
+/// A status update is the costly rule: its author may have thousands of followers, few of
+/// them connected. So besides the graph (`following`, kept for every user) the router
+/// keeps, per author, the connections of its *connected* followers, updated on follow,
+/// unfollow, connect and disconnect; a status update then costs one lookup.
 #[derive(Default)]
 pub struct Router {
-    /// user -> the users following them.
-    followers: HashMap<u64, HashSet<u64>>,
+    /// user -> the users they follow.
+    following: HashMap<u64, HashSet<u64>>,
+    /// author -> connections of the author's connected followers.
+    follower_conns: HashMap<u64, Vec<ConnId>>,
     /// user -> that user's identified connections (usually one).
     clients: HashMap<u64, Vec<ConnId>>,
     connections: usize,
@@ -29,17 +36,31 @@ impl Router {
     pub fn connect(&mut self, user: u64, conn: ConnId) {
         self.clients.entry(user).or_default().push(conn);
         self.connections += 1;
+        if let Some(authors) = self.following.get(&user) {
+            for a in authors {
+                self.follower_conns.entry(*a).or_default().push(conn);
+            }
+        }
     }
 
     /// Forgets `conn`. Unknown pairs are ignored.
     pub fn disconnect(&mut self, user: u64, conn: ConnId) {
-        if let Some(conns) = self.clients.get_mut(&user) {
-            if let Some(i) = conns.iter().position(|&c| c == conn) {
-                conns.swap_remove(i);
-                self.connections -= 1;
-            }
-            if conns.is_empty() {
-                self.clients.remove(&user);
+        let Some(conns) = self.clients.get_mut(&user) else {
+            return;
+        };
+        let Some(i) = conns.iter().position(|&c| c == conn) else {
+            return;
+        };
+        conns.swap_remove(i);
+        self.connections -= 1;
+        if conns.is_empty() {
+            self.clients.remove(&user);
+        }
+        if let Some(authors) = self.following.get(&user) {
+            for a in authors {
+                if let Some(list) = self.follower_conns.get_mut(a) {
+                    remove_one(list, conn);
+                }
             }
         }
     }
@@ -51,7 +72,7 @@ impl Router {
 
     /// Follow edges now.
     pub fn follow_edges(&self) -> usize {
-        self.followers.values().map(HashSet::len).sum()
+        self.following.values().map(HashSet::len).sum()
     }
 
     /// Applies `ev` to the follow graph and appends the connections to notify to `out`
@@ -59,12 +80,31 @@ impl Router {
     pub fn apply(&mut self, ev: &Event, out: &mut Vec<ConnId>) {
         match ev.kind {
             Kind::Follow => {
-                self.followers.entry(ev.to).or_default().insert(ev.from);
+                let added = self.following.entry(ev.from).or_default().insert(ev.to);
+                if added {
+                    if let Some(conns) = self.clients.get(&ev.from) {
+                        self.follower_conns
+                            .entry(ev.to)
+                            .or_default()
+                            .extend_from_slice(conns);
+                    }
+                }
                 self.user_conns(ev.to, out);
             }
             Kind::Unfollow => {
-                if let Some(set) = self.followers.get_mut(&ev.to) {
-                    set.remove(&ev.from);
+                let removed = self
+                    .following
+                    .get_mut(&ev.from)
+                    .is_some_and(|s| s.remove(&ev.to));
+                if removed {
+                    if let (Some(conns), Some(list)) = (
+                        self.clients.get(&ev.from),
+                        self.follower_conns.get_mut(&ev.to),
+                    ) {
+                        for &c in conns {
+                            remove_one(list, c);
+                        }
+                    }
                 }
             }
             Kind::Broadcast => {
@@ -74,21 +114,8 @@ impl Router {
             }
             Kind::Private => self.user_conns(ev.to, out),
             Kind::Status => {
-                if let Some(set) = self.followers.get(&ev.from) {
-                    // Walk the smaller side: few connected users or few followers.
-                    if set.len() <= self.clients.len() {
-                        for f in set {
-                            if let Some(conns) = self.clients.get(f) {
-                                out.extend_from_slice(conns);
-                            }
-                        }
-                    } else {
-                        for (user, conns) in &self.clients {
-                            if set.contains(user) {
-                                out.extend_from_slice(conns);
-                            }
-                        }
-                    }
+                if let Some(conns) = self.follower_conns.get(&ev.from) {
+                    out.extend_from_slice(conns);
                 }
             }
             Kind::NoOp => {}
@@ -103,7 +130,15 @@ impl Router {
 
     /// Session end: forget every follow relation (connections stay).
     pub fn clear_follows(&mut self) {
-        self.followers = HashMap::new();
+        self.following = HashMap::new();
+        self.follower_conns = HashMap::new();
+    }
+}
+
+/// Removes one occurrence of `conn` (order does not matter).
+fn remove_one(list: &mut Vec<ConnId>, conn: ConnId) {
+    if let Some(i) = list.iter().position(|&c| c == conn) {
+        list.swap_remove(i);
     }
 }
 

@@ -110,7 +110,7 @@ pub struct Server {
     recipients: Vec<usize>,
     /// Scratch: a non-canonical payload, or the start of a junk line.
     raw: Vec<u8>,
-    /// Scratch: the notification being delivered.
+    /// Scratch: a notification with a non-canonical payload.
     note: Vec<u8>,
     /// Connections that got output since the last flush.
     dirty: Vec<usize>,
@@ -671,18 +671,19 @@ impl Server {
         if self.recipients.is_empty() {
             return;
         }
-        self.note.clear();
-        match payload {
+        let mut rendered = [0u8; MAX_RENDERED];
+        let note: &[u8] = match payload {
             Some(p) => {
+                self.note.clear();
                 self.note.extend_from_slice(p);
                 self.note.extend_from_slice(b"\r\n");
+                &self.note
             }
             None => {
-                let mut buf = [0u8; MAX_RENDERED];
-                let n = ev.render(&mut buf);
-                self.note.extend_from_slice(&buf[..n]);
+                let n = ev.render(&mut rendered);
+                &rendered[..n]
             }
-        }
+        };
         let limit = self.cfg.client_buffer_limit;
         for &key in &self.recipients {
             let Some(conn) = self.conns.get_mut(key) else {
@@ -695,7 +696,7 @@ impl Server {
                 conn.stalled_since = now;
                 self.with_output += 1;
             }
-            conn.out.append(&self.note);
+            conn.out.append(note);
             self.stats.notifications += 1;
             if !conn.dirty {
                 conn.dirty = true;
