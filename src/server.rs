@@ -40,7 +40,7 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
 /// Event sources connected at once; more are closed at once. Each holds a read buffer.
 pub const MAX_SOURCES: usize = 64;
 /// Source bytes read per loop turn, so clients get flushed while a fast source streams.
-const READ_BUDGET: usize = 1 << 20;
+const READ_BUDGET: usize = 128 * 1024;
 /// Client input discarded per connection per turn, so a chatty client cannot hog the loop.
 const CLIENT_READ_BUDGET: usize = 64 * 1024;
 /// Initial reorder window slots.

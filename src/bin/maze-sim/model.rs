@@ -5,7 +5,7 @@
 //! needs, so its memory is the follow graph plus what clients have yet to receive.
 
 use crate::gen::{Ev, Kind};
-use std::collections::{HashMap, HashSet};
+use hashbrown::{HashMap, HashSet};
 
 /// The follow graph plus who is watched, stepping through a stream of events.
 pub struct Model<I> {
