@@ -153,7 +153,8 @@ impl ReorderWindow {
         let next = self.last + 1;
         let i = self.slot(next);
         if self.slots[i].seq == next {
-            let ev = std::mem::replace(&mut self.slots[i], EMPTY);
+            let ev = self.slots[i];
+            self.slots[i].seq = 0; // empty: the rest of the slot is never read
             self.last = next;
             self.waiting -= 1;
             let payload = if ev.canonical {
