@@ -19,7 +19,7 @@ pub type ConnId = usize;
 #[derive(Default)]
 pub struct Router {
     /// user -> the users they follow.
-    following: HashMap<u64, HashSet<u64>>,
+    following: HashMap<u64, Followees>,
     /// author -> connections of the author's connected followers.
     follower_conns: HashMap<u64, Vec<ConnId>>,
     /// user -> that user's identified connections (usually one).
@@ -37,9 +37,7 @@ impl Router {
         self.clients.entry(user).or_default().push(conn);
         self.connections += 1;
         if let Some(authors) = self.following.get(&user) {
-            for a in authors {
-                self.follower_conns.entry(*a).or_default().push(conn);
-            }
+            authors.for_each(|a| self.follower_conns.entry(a).or_default().push(conn));
         }
     }
 
@@ -57,11 +55,11 @@ impl Router {
             self.clients.remove(&user);
         }
         if let Some(authors) = self.following.get(&user) {
-            for a in authors {
-                if let Some(list) = self.follower_conns.get_mut(a) {
+            authors.for_each(|a| {
+                if let Some(list) = self.follower_conns.get_mut(&a) {
                     remove_one(list, conn);
                 }
-            }
+            });
         }
     }
 
@@ -72,7 +70,7 @@ impl Router {
 
     /// Follow edges now.
     pub fn follow_edges(&self) -> usize {
-        self.following.values().map(HashSet::len).sum()
+        self.following.values().map(Followees::len).sum()
     }
 
     /// Applies `ev` to the follow graph and appends the connections to notify to `out`
@@ -95,7 +93,7 @@ impl Router {
                 let removed = self
                     .following
                     .get_mut(&ev.from)
-                    .is_some_and(|s| s.remove(&ev.to));
+                    .is_some_and(|s| s.remove(ev.to));
                 if removed {
                     if let (Some(conns), Some(list)) = (
                         self.clients.get(&ev.from),
@@ -132,6 +130,70 @@ impl Router {
     pub fn clear_follows(&mut self) {
         self.following = HashMap::new();
         self.follower_conns = HashMap::new();
+    }
+}
+
+/// The users one user follows: a plain list while short (most users follow a few, and a
+/// list costs a third of a hash set's memory), a hash set once past `FEW`, so that a user
+/// following thousands costs no linear scans.
+enum Followees {
+    Few(Vec<u64>),
+    Many(HashSet<u64>),
+}
+
+const FEW: usize = 32;
+
+impl Default for Followees {
+    fn default() -> Self {
+        Followees::Few(Vec::new())
+    }
+}
+
+impl Followees {
+    /// Adds `id`; false if it was there already.
+    fn insert(&mut self, id: u64) -> bool {
+        match self {
+            Followees::Few(list) if list.contains(&id) => false,
+            Followees::Few(list) if list.len() < FEW => {
+                list.push(id);
+                true
+            }
+            Followees::Few(list) => {
+                let mut set: HashSet<u64> = list.drain(..).collect();
+                set.insert(id);
+                *self = Followees::Many(set);
+                true
+            }
+            Followees::Many(set) => set.insert(id),
+        }
+    }
+
+    /// Removes `id`; false if it was not there.
+    fn remove(&mut self, id: u64) -> bool {
+        match self {
+            Followees::Few(list) => match list.iter().position(|&x| x == id) {
+                Some(i) => {
+                    list.swap_remove(i);
+                    true
+                }
+                None => false,
+            },
+            Followees::Many(set) => set.remove(&id),
+        }
+    }
+
+    fn for_each(&self, mut f: impl FnMut(u64)) {
+        match self {
+            Followees::Few(list) => list.iter().for_each(|&a| f(a)),
+            Followees::Many(set) => set.iter().for_each(|&a| f(a)),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Followees::Few(list) => list.len(),
+            Followees::Many(set) => set.len(),
+        }
     }
 }
 
@@ -273,10 +335,37 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_user_following_many_switches_to_a_set_and_stays_a_set() {
+        let mut r = Router::new();
+        r.connect(1, 10);
+        for to in 0..(FEW as u64 * 3) {
+            route(&mut r, ev(Kind::Follow, 1, to));
+            route(&mut r, ev(Kind::Follow, 1, to));
+        }
+        assert_eq!(r.follow_edges(), FEW * 3);
+        assert!(matches!(r.following[&1], Followees::Many(_)));
+        for to in (0..(FEW as u64 * 3)).step_by(2) {
+            route(&mut r, ev(Kind::Unfollow, 1, to));
+        }
+        assert_eq!(r.follow_edges(), FEW * 3 / 2);
+        assert_eq!(route(&mut r, ev(Kind::Status, 3, 0)), vec![10]);
+        assert_eq!(route(&mut r, ev(Kind::Status, 4, 0)), Vec::<ConnId>::new());
+        r.disconnect(1, 10);
+        r.connect(1, 11);
+        assert_eq!(route(&mut r, ev(Kind::Status, 5, 0)), vec![11]);
+    }
+
     /// The brute-force model: a list of (follower, followed) pairs and a list of
     /// (user, conn) pairs, scanned in full for every event.
     #[test]
     fn random_events_against_a_brute_force_model() {
+        // Few users following few; then few users following many (lists become sets).
+        brute_force(20, 20);
+        brute_force(4, 200);
+    }
+
+    fn brute_force(from_range: u64, to_range: u64) {
         let mut x = 12345u64;
         let mut rnd = move |n: u64| {
             x = x
@@ -289,7 +378,7 @@ mod tests {
         let mut conns: Vec<(u64, ConnId)> = Vec::new();
         let mut next_conn = 0;
         for _ in 0..5000 {
-            let (a, b) = (rnd(20), rnd(20));
+            let (a, b) = (rnd(from_range), rnd(to_range));
             let kind = [
                 Kind::Follow,
                 Kind::Unfollow,

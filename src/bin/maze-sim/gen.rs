@@ -376,11 +376,34 @@ mod tests {
         assert_eq!(s(ev(Kind::Private, 1, 2)), "9|P|1|2\r\n");
         assert_eq!(s(ev(Kind::Status, 1, 0)), "9|S|1\r\n");
         assert_eq!(s(ev(Kind::NoOp, 1, 2)), "9|X|1|2\r\n");
-        let noop = |seq| s(Ev { seq, kind: Kind::NoOp, from: 1, to: 2, omitted: false });
+        let noop = |seq| {
+            s(Ev {
+                seq,
+                kind: Kind::NoOp,
+                from: 1,
+                to: 2,
+                omitted: false,
+            })
+        };
         assert_eq!(noop(10), "10|F|1\r\n");
         assert_eq!(noop(11), "11|P|x1|2\r\n");
-        assert_eq!(s(ev(Kind::Private, 0, u64::MAX)), "9|P|0|18446744073709551615\r\n");
-        for v in [1u64, 9, 10, 99, 100, 101, 999, 1000, 12345, 987654321, u64::MAX - 1] {
+        assert_eq!(
+            s(ev(Kind::Private, 0, u64::MAX)),
+            "9|P|0|18446744073709551615\r\n"
+        );
+        for v in [
+            1u64,
+            9,
+            10,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            12345,
+            987654321,
+            u64::MAX - 1,
+        ] {
             let mut out = Vec::new();
             decimal(&mut out, v);
             assert_eq!(out, v.to_string().into_bytes());
