@@ -18,6 +18,8 @@ pub struct Config {
     pub keep_state: bool,
     /// Pending output per client above which event sources are no longer read.
     pub client_buffer_limit: usize,
+    /// Pending output over all clients above which event sources are no longer read.
+    pub total_buffer_limit: usize,
     /// A client with pending output that takes no bytes this long is disconnected.
     pub stall_timeout: Duration,
     /// A connection must send its id within this.
@@ -37,6 +39,7 @@ impl Default for Config {
             gap_timeout: Some(Duration::from_millis(2000)),
             keep_state: false,
             client_buffer_limit: 1 << 20,
+            total_buffer_limit: 8 << 20,
             stall_timeout: Duration::from_millis(5000),
             auth_timeout: Duration::from_millis(5000),
             max_clients: 10_000,
@@ -67,6 +70,8 @@ Options (flag, environment variable, default):
   --keep-state                                  keep seq and follow graph across sessions
   --client-buffer-limit N                       1048576  bytes pending per client before
                                                        event sources are paused
+  --total-buffer-limit N                        8388608  bytes pending over all clients
+                                                       before event sources are paused
   --stall-timeout-ms N                          5000   drop a client that takes no bytes
   --auth-timeout-ms N                           5000   drop a connection with no id by then
   --max-clients N                               10000  connections beyond are closed at once
@@ -130,6 +135,12 @@ where
                 c.client_buffer_limit = number(&value()?, &flag)?;
                 if c.client_buffer_limit == 0 {
                     return Err("--client-buffer-limit must be at least 1".into());
+                }
+            }
+            "--total-buffer-limit" => {
+                c.total_buffer_limit = number(&value()?, &flag)?;
+                if c.total_buffer_limit == 0 {
+                    return Err("--total-buffer-limit must be at least 1".into());
                 }
             }
             "--stall-timeout-ms" => c.stall_timeout = required_millis(&value()?, &flag)?,
@@ -237,6 +248,7 @@ mod tests {
         assert_eq!(c.gap_timeout, None);
         assert!(c.keep_state);
         assert_eq!(c.client_buffer_limit, 4096);
+        assert_eq!(c.total_buffer_limit, 8192);
         assert_eq!(c.stall_timeout, Duration::from_millis(10));
         assert_eq!(c.auth_timeout, Duration::from_millis(20));
         assert_eq!(c.max_clients, 3);

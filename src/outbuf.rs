@@ -8,7 +8,7 @@ use std::io::{self, Write};
 
 /// Capacity kept after a burst has drained; larger buffers are released when empty so an
 /// idle connection does not hold on to its peak.
-const KEEP_CAPACITY: usize = 64 * 1024;
+const KEEP_CAPACITY: usize = 16 * 1024;
 
 /// Bytes waiting to be written, with a consumed-prefix cursor.
 #[derive(Default)]

@@ -45,6 +45,11 @@ const READ_BUDGET: usize = 128 * 1024;
 const CLIENT_READ_BUDGET: usize = 64 * 1024;
 /// Initial reorder window slots.
 const INITIAL_WINDOW: usize = 1024;
+/// Pending output above which, once drained again, freed heap memory is handed back to
+/// the OS (a burst must not leave the process at its peak size).
+const TRIM_AFTER: usize = 1 << 20;
+/// At most one such release per this.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// Bytes of a junk line shown in its warning.
 const SHOWN: usize = 64;
 /// Linux (and BSD) errno values for "out of file descriptors".
@@ -102,6 +107,9 @@ pub struct Server {
     with_output: usize,
     /// Connections over the client buffer limit; sources are not read while non-zero.
     over_limit: usize,
+    /// Output bytes pending over all connections; sources are not read while it is over
+    /// the total buffer limit.
+    pending_total: usize,
     window: ReorderWindow,
     /// An event too far ahead, waiting for the window to make room.
     held: Option<(Event, Option<Box<[u8]>>)>,
@@ -132,6 +140,9 @@ pub struct Server {
     /// Out of file descriptors since the last successful accept (warned once).
     out_of_fds: bool,
     shutdown: bool,
+    /// A burst or a session end freed memory that should go back to the OS.
+    trim_wanted: bool,
+    last_trim: Instant,
     /// The pump stopped with work left (budget spent, or just resumed).
     work_left: bool,
 }
@@ -169,6 +180,7 @@ impl Server {
             pending_ids: 0,
             with_output: 0,
             over_limit: 0,
+            pending_total: 0,
             held: None,
             router: Router::new(),
             recipients: Vec::new(),
@@ -186,6 +198,8 @@ impl Server {
             accept_paused_until: None,
             out_of_fds: false,
             shutdown: false,
+            trim_wanted: false,
+            last_trim: now,
             work_left: false,
         })
     }
@@ -256,8 +270,9 @@ impl Server {
         }
     }
 
+    /// Backpressure: some client, or all of them together, hold too much output.
     fn paused(&self) -> bool {
-        self.over_limit > 0
+        self.over_limit > 0 || self.pending_total > self.cfg.total_buffer_limit
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
@@ -268,7 +283,8 @@ impl Server {
             Some(t) if !self.paused() && self.window.waiting() > 0 => Some(self.gap_since + t),
             _ => None,
         };
-        let tick = (self.pending_ids > 0 || self.with_output > 0).then_some(self.next_tick);
+        let tick = (self.pending_ids > 0 || self.with_output > 0 || self.trim_wanted)
+            .then_some(self.next_tick);
         [gap, tick, self.next_stats, self.accept_paused_until]
             .into_iter()
             .flatten()
@@ -697,6 +713,7 @@ impl Server {
                 self.with_output += 1;
             }
             conn.out.append(note);
+            self.pending_total += note.len();
             self.stats.notifications += 1;
             if !conn.dirty {
                 conn.dirty = true;
@@ -756,6 +773,7 @@ impl Server {
 
     fn end_session(&mut self, now: Instant) {
         self.window.reset();
+        self.trim_wanted = true;
         self.router.clear_follows();
         self.ending = false;
         self.log_session_end(now);
@@ -794,6 +812,14 @@ impl Server {
             self.next_tick = now + TICK;
             if self.pending_ids > 0 || self.with_output > 0 {
                 self.check_timeouts(now);
+            }
+            if self.trim_wanted
+                && self.pending_total < TRIM_AFTER / 16
+                && now.duration_since(self.last_trim) >= TRIM_EVERY
+            {
+                self.trim_wanted = false;
+                self.last_trim = now;
+                release_freed_memory();
             }
         }
         if let Some(at) = self.next_stats.filter(|&t| now >= t) {
@@ -863,6 +889,8 @@ impl Server {
 
     /// One `write` per connection that got output (or became writable) this turn.
     fn flush(&mut self, now: Instant) {
+        let was_paused = self.paused();
+        self.trim_wanted |= self.pending_total > TRIM_AFTER;
         let mut dirty = std::mem::take(&mut self.dirty);
         for &key in &dirty {
             let Some(conn) = self.conns.get_mut(key) else {
@@ -875,6 +903,7 @@ impl Server {
             match conn.out.write_to(&mut conn.stream) {
                 Ok(n) => {
                     self.stats.bytes_out += n as u64;
+                    self.pending_total -= n;
                     if n > 0 {
                         conn.stalled_since = now;
                     }
@@ -884,9 +913,6 @@ impl Server {
                     if conn.over_limit && conn.out.pending() <= self.cfg.client_buffer_limit {
                         conn.over_limit = false;
                         self.over_limit -= 1;
-                        if self.over_limit == 0 {
-                            self.resume(now);
-                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -903,6 +929,9 @@ impl Server {
         dirty.clear();
         dirty.append(&mut self.dirty);
         self.dirty = dirty;
+        if was_paused && !self.paused() {
+            self.resume(now);
+        }
     }
 
     /// Backpressure released: the sources may be read again; the gap clock restarts.
@@ -913,6 +942,7 @@ impl Server {
 
     /// Flags `key` for removal after dispatch and forgets it everywhere else now.
     fn close(&mut self, key: usize, now: Instant) {
+        let was_paused = self.paused();
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -923,8 +953,11 @@ impl Server {
         self.closing.push(key);
         if conn.out.pending() > 0 {
             self.with_output -= 1;
+            self.pending_total -= conn.out.pending();
         }
-        let was_over = std::mem::take(&mut conn.over_limit);
+        if std::mem::take(&mut conn.over_limit) {
+            self.over_limit -= 1;
+        }
         match conn.role {
             Role::Source => {}
             Role::Pending { .. } => {
@@ -936,11 +969,8 @@ impl Server {
                 self.router.disconnect(user, key);
             }
         }
-        if was_over {
-            self.over_limit -= 1;
-            if self.over_limit == 0 {
-                self.resume(now);
-            }
+        if was_paused && !self.paused() {
+            self.resume(now);
         }
     }
 
@@ -988,6 +1018,16 @@ impl Server {
         }
         info!("final stats: {}", self.stats);
         Ok(())
+    }
+}
+
+/// Hands heap pages freed after a burst back to the OS. glibc keeps freed memory inside
+/// the heap (so RSS would stay at its peak); elsewhere the allocator decides.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; no Rust state involved.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

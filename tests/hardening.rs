@@ -303,3 +303,37 @@ fn a_busy_port_exits_2_with_one_clear_line() {
         );
     }
 }
+
+#[test]
+fn the_total_buffer_limit_bounds_memory_across_many_lagging_clients() {
+    // Each client alone may hold 64 MiB; together they may hold 2 MiB.
+    let s = Server::start(&[
+        "--client-buffer-limit",
+        "67108864",
+        "--total-buffer-limit",
+        "2097152",
+    ]);
+    let mut cs = clients(&s, &[1, 2, 3, 4]);
+    const N: u64 = 20_000; // 20 MB to each client: 80 MB in all
+    let _source = stream_fat(&s, N);
+    std::thread::sleep(Duration::from_millis(1500)); // nobody reads: everything backs up
+    let (peak_lagging, _) = s.rss_kib();
+    assert!(
+        peak_lagging < 16 * 1024,
+        "peak RSS while all lag: {peak_lagging} KiB"
+    );
+    let readers: Vec<_> = cs
+        .drain(..)
+        .map(|mut c| std::thread::spawn(move || read_fat(&mut c, N, None)))
+        .collect();
+    for r in readers {
+        r.join().unwrap();
+    }
+    let (peak, _) = s.rss_kib();
+    assert!(peak < 16 * 1024, "peak RSS {peak} KiB");
+    // Drained: the burst's memory goes back to the OS within a couple of seconds.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, now) = s.rss_kib();
+    eprintln!("RSS after the burst {now} KiB, peak {peak} KiB");
+    assert!(now < peak, "RSS after the burst {now} KiB, peak {peak} KiB");
+}
