@@ -228,6 +228,8 @@ mod tests {
                 "--keep-state",
                 "--client-buffer-limit",
                 "4096",
+                "--total-buffer-limit",
+                "8192",
                 "--stall-timeout-ms",
                 "10",
                 "--auth-timeout-ms",

@@ -6,9 +6,9 @@
 
 use std::io::{self, Write};
 
-/// Capacity kept after a burst has drained; larger buffers are released when empty so an
-/// idle connection does not hold on to its peak.
-const KEEP_CAPACITY: usize = 16 * 1024;
+/// A buffer drained with more capacity than this releases it at once: only bursts grow a
+/// buffer this far, and keeping every client's burst peak would add up.
+const BURST_CAPACITY: usize = 64 * 1024;
 
 /// Bytes waiting to be written, with a consumed-prefix cursor.
 #[derive(Default)]
@@ -29,6 +29,16 @@ impl OutBuf {
         self.buf.len() - self.head
     }
 
+    /// Releases the memory of an empty buffer whose capacity exceeds `keep`: after a burst,
+    /// an idle connection should not hold on to its peak. (Not done on every drain: a
+    /// buffer that fills again next turn would then allocate every turn.)
+    pub fn shrink_idle(&mut self, keep: usize) {
+        if self.pending() == 0 && self.buf.capacity() > keep {
+            self.buf = Vec::new();
+            self.head = 0;
+        }
+    }
+
     /// One `write` of everything pending. Returns the bytes the socket took (0 when
     /// nothing is pending); `WouldBlock` and other errors are returned as they are.
     pub fn write_to<W: Write>(&mut self, w: &mut W) -> io::Result<usize> {
@@ -41,7 +51,7 @@ impl OutBuf {
         if self.head == self.buf.len() {
             self.buf.clear();
             self.head = 0;
-            if self.buf.capacity() > KEEP_CAPACITY {
+            if self.buf.capacity() > BURST_CAPACITY {
                 self.buf = Vec::new();
             }
         } else if self.head >= self.buf.len() / 2 {
@@ -139,15 +149,29 @@ mod tests {
     }
 
     #[test]
-    fn a_drained_burst_releases_its_memory() {
+    fn capacity_is_kept_for_ordinary_turns_and_released_after_bursts() {
         let mut o = OutBuf::default();
         o.append(&vec![b'x'; 1 << 20]);
+        o.shrink_idle(1024);
+        assert!(o.buf.capacity() >= 1 << 20, "never while bytes are pending");
         let mut s = Sink {
             got: vec![],
             room: usize::MAX,
             writes: 0,
         };
+        o.append(&[b'x'; 1000]);
         o.write_to(&mut s).unwrap();
-        assert!(o.buf.capacity() <= KEEP_CAPACITY);
+        assert_eq!(o.buf.capacity(), 0, "a burst's capacity goes when drained");
+        o.append(&[b'x'; 10_000]);
+        o.write_to(&mut s).unwrap();
+        assert!(
+            o.buf.capacity() >= 10_000,
+            "an ordinary turn's capacity stays for the next"
+        );
+        o.shrink_idle(1024);
+        assert_eq!(o.buf.capacity(), 0, "until an idle shrink");
+        o.append(b"1|B\r\n");
+        o.shrink_idle(0);
+        assert_eq!(o.pending(), 5);
     }
 }

@@ -50,6 +50,8 @@ const INITIAL_WINDOW: usize = 1024;
 const TRIM_AFTER: usize = 1 << 20;
 /// At most one such release per this.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
+/// Write buffer capacity an idle connection keeps through a release.
+const KEEP_CAPACITY: usize = 16 * 1024;
 /// Bytes of a junk line shown in its warning.
 const SHOWN: usize = 64;
 /// Linux (and BSD) errno values for "out of file descriptors".
@@ -819,6 +821,9 @@ impl Server {
             {
                 self.trim_wanted = false;
                 self.last_trim = now;
+                for (_, conn) in self.conns.iter_mut() {
+                    conn.out.shrink_idle(KEEP_CAPACITY);
+                }
                 release_freed_memory();
             }
         }
