@@ -202,33 +202,37 @@ impl Event {
     }
 }
 
-/// Writes `v` in decimal at `out[at..]`, two digits per division; returns the index after
-/// it.
-fn put_number(out: &mut [u8], at: usize, mut v: u64) -> usize {
+/// Writes `v` in decimal at `out[at..]`; returns the index after it.
+fn put_number(out: &mut [u8], at: usize, v: u64) -> usize {
+    let mut buf = [0u8; 20];
+    let digits = decimal(v, &mut buf);
+    out[at..at + digits.len()].copy_from_slice(digits);
+    at + digits.len()
+}
+
+/// `v` in decimal, as the tail of `buf` that holds its digits. Two digits per division.
+pub fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
     const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
         2021222324252627282930313233343536373839\
         4041424344454647484950515253545556575859\
         6061626364656667686970717273747576777879\
         8081828384858687888990919293949596979899";
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
+    let mut i = buf.len();
     while v >= 100 {
         let pair = (v % 100) as usize * 2;
         v /= 100;
         i -= 2;
-        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        buf[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
     }
     if v >= 10 {
         let pair = v as usize * 2;
         i -= 2;
-        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        buf[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
     } else {
         i -= 1;
-        digits[i] = b'0' + v as u8;
+        buf[i] = b'0' + v as u8;
     }
-    let len = digits.len() - i;
-    out[at..at + len].copy_from_slice(&digits[i..]);
-    at + len
+    &buf[i..]
 }
 
 #[cfg(test)]
@@ -356,6 +360,21 @@ mod tests {
             let mut out = [0u8; MAX_RENDERED];
             let n = e.render(&mut out);
             assert_eq!(&out[..n], format!("{line}\r\n").as_bytes());
+        }
+    }
+
+    #[test]
+    fn decimal_matches_std_formatting() {
+        let mut x = 1u64;
+        for v in (0..1000)
+            .chain([u64::MAX, u64::MAX - 1, 1 << 63])
+            .chain((0..64).map(|s| 1u64 << s))
+        {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(v);
+            for v in [v, x, x >> 20] {
+                let mut buf = [0u8; 20];
+                assert_eq!(decimal(v, &mut buf), v.to_string().as_bytes());
+            }
         }
     }
 

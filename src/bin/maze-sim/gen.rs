@@ -102,31 +102,11 @@ impl Ev {
     }
 }
 
-/// Appends `v` in decimal, two digits per division (std's formatting machinery cost more
-/// than the rest of a line, and the verifier renders every expected line).
-fn decimal(out: &mut Vec<u8>, mut v: u64) {
-    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
-        2021222324252627282930313233343536373839\
-        4041424344454647484950515253545556575859\
-        6061626364656667686970717273747576777879\
-        8081828384858687888990919293949596979899";
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    while v >= 100 {
-        let pair = (v % 100) as usize * 2;
-        v /= 100;
-        i -= 2;
-        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    }
-    if v >= 10 {
-        let pair = v as usize * 2;
-        i -= 2;
-        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    } else {
-        i -= 1;
-        digits[i] = b'0' + v as u8;
-    }
-    out.extend_from_slice(&digits[i..]);
+/// Appends `v` in decimal (std's formatting machinery cost more than the rest of a line,
+/// and the verifier renders every expected line).
+fn decimal(out: &mut Vec<u8>, v: u64) {
+    let mut buf = [0u8; 20];
+    out.extend_from_slice(follower_maze::event::decimal(v, &mut buf));
 }
 
 /// Generator settings. Two generators with equal settings yield equal streams.
