@@ -3,10 +3,11 @@
 //!
 //! 1. dispatch readiness: accept, read client ids, drain client input, note which event
 //!    sources are readable;
-//! 2. timers: id and stall timeouts, the gap timeout, stats, the accept pause;
+//! 2. timers: id and stall timeouts, the gap timeout, stats, the accept pause, handing
+//!    freed memory back after a burst;
 //! 3. pump: source bytes -> lines -> events -> window -> router -> client buffers, until
-//!    the sources have nothing more, the turn's read budget is spent, or a client buffer
-//!    is over its limit (backpressure);
+//!    the sources have nothing more, the turn's read budget is spent, or pending output
+//!    is over a limit (backpressure);
 //! 4. flush: one `write` per connection that got output this turn;
 //! 5. reap: connections flagged for closing during the turn are removed (never in the
 //!    middle of a dispatch, so no key goes stale under anyone's feet).
@@ -54,9 +55,6 @@ const TRIM_EVERY: Duration = Duration::from_secs(1);
 const KEEP_CAPACITY: usize = 16 * 1024;
 /// Bytes of a junk line shown in its warning.
 const SHOWN: usize = 64;
-/// Linux (and BSD) errno values for "out of file descriptors".
-const EMFILE: i32 = 24;
-const ENFILE: i32 = 23;
 
 /// An event source's read side. Kept outside the slab so a line can be parsed while the
 /// rest of the server is borrowed for delivery.
@@ -322,7 +320,7 @@ impl Server {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.raw_os_error(), Some(EMFILE | ENFILE)) => {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     if !std::mem::replace(&mut self.out_of_fds, true) {
                         log::warn!("out of file descriptors ({e}): pausing accepts {ACCEPT_PAUSE:?} at a time until one succeeds");
                     }
