@@ -1,0 +1,232 @@
+//! Connections in: accepting on both listeners (limits, fd exhaustion), readiness of
+//! each connection, a client's id line, and discarding what identified clients send.
+
+use super::*;
+
+/// Which listener.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Side {
+    Events,
+    Clients,
+}
+
+impl Server {
+    pub(super) fn accept(&mut self, side: Side, now: Instant) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let listener = match side {
+                Side::Events => self.event_listener.as_ref(),
+                Side::Clients => self.client_listener.as_ref(),
+            };
+            let Some(listener) = listener else { return };
+            match listener.accept() {
+                Ok((stream, addr)) => {
+                    self.out_of_fds = false;
+                    self.admit(side, stream, addr, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    if !std::mem::replace(&mut self.out_of_fds, true) {
+                        log::warn!("out of file descriptors ({e}): pausing accepts {ACCEPT_PAUSE:?} at a time until one succeeds");
+                    }
+                    self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+                    return;
+                }
+                // Per-connection failures (aborted handshakes and the like): go on.
+                Err(e) => {
+                    warn_limited!(self.warns, Warn::Accept, now, "accept on {side:?}: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(
+        &mut self,
+        side: Side,
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        now: Instant,
+    ) {
+        let (role, interest) = match side {
+            Side::Events if self.sources.len() >= MAX_SOURCES => {
+                self.stats.clients_rejected += 1;
+                warn_limited!(
+                    self.warns,
+                    Warn::Rejected,
+                    now,
+                    "event source {addr} rejected: {MAX_SOURCES} already connected"
+                );
+                return;
+            }
+            Side::Clients if self.clients >= self.cfg.max_clients => {
+                self.stats.clients_rejected += 1;
+                warn_limited!(
+                    self.warns,
+                    Warn::Rejected,
+                    now,
+                    "client {addr} rejected: --max-clients {} reached",
+                    self.cfg.max_clients
+                );
+                return;
+            }
+            Side::Events => (Role::Source, Interest::READABLE),
+            Side::Clients => {
+                // Batches are already large; do not hold the tail of a burst back.
+                let _ = stream.set_nodelay(true);
+                let role = Role::Pending {
+                    lines: LineSplitter::new(conn::MAX_ID_LINE, conn::MAX_ID_LINE),
+                    deadline: now + self.cfg.auth_timeout,
+                };
+                // Edge-triggered: WRITABLE is reported only after a write found the socket
+                // full, so registering it once costs nothing and needs no re-registration.
+                (role, Interest::READABLE | Interest::WRITABLE)
+            }
+        };
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(key), interest)
+        {
+            warn_limited!(self.warns, Warn::Accept, now, "cannot register {addr}: {e}");
+            return;
+        }
+        entry.insert(Conn::new(stream, role, now));
+        match side {
+            Side::Events => {
+                debug!("event source {addr} connected");
+                self.sources.push(Source {
+                    key,
+                    lines: LineSplitter::new(conn::MAX_EVENT_LINE, conn::SOURCE_CHUNK),
+                    readable: true,
+                    eof: false,
+                });
+                if self.session.is_none() && !self.ending {
+                    self.start_session(now);
+                }
+                self.work_left = true;
+            }
+            Side::Clients => {
+                trace!("client {addr} connected");
+                self.clients += 1;
+                self.pending_ids += 1;
+            }
+        }
+    }
+
+    // ---- connection readiness --------------------------------------------------------
+
+    pub(super) fn on_ready(&mut self, key: usize, readable: bool, writable: bool, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return; // spurious: already removed
+        };
+        if conn.closing {
+            return;
+        }
+        if writable && conn.out.pending() > 0 && !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+        if !readable {
+            return;
+        }
+        match conn.role {
+            Role::Source => {
+                if let Some(src) = self.sources.iter_mut().find(|s| s.key == key) {
+                    src.readable = true;
+                    self.work_left = true;
+                }
+            }
+            Role::Pending { .. } => self.read_id(key, now),
+            Role::Client { .. } => self.read_client(key, now),
+        }
+    }
+
+    /// Reads a pending client's id line; identifies it, or closes it.
+    fn read_id(&mut self, key: usize, now: Instant) {
+        let conn = &mut self.conns[key];
+        let Role::Pending { lines, .. } = &mut conn.role else {
+            return;
+        };
+        let outcome = loop {
+            match conn::fill(&mut conn.stream, lines) {
+                Filled::Bytes(n) => self.stats.bytes_in += n as u64,
+                Filled::WouldBlock => return,
+                Filled::Closed(_) => break Err(None),
+            }
+            match lines.next_line() {
+                Some(Line::Full(id)) => {
+                    break event::number(id).ok_or_else(|| {
+                        Some(String::from_utf8_lossy(&id[..id.len().min(SHOWN)]).into_owned())
+                    });
+                }
+                Some(Line::TooLong) => break Err(Some("over-long id".to_owned())),
+                None => {}
+            }
+            if lines.is_discarding() {
+                break Err(Some("over-long id".to_owned()));
+            }
+        };
+        match outcome {
+            Ok(user) => {
+                conn.role = Role::Client { user };
+                self.pending_ids -= 1;
+                self.stats.clients_connected += 1;
+                self.router.connect(user, key);
+                debug!("client {key} identified as user {user}");
+                // Whatever followed the id is discarded, up to `WouldBlock` (edge-triggered).
+                self.read_client(key, now);
+            }
+            Err(None) => self.close(key, now),
+            Err(Some(why)) => {
+                self.stats.clients_bad_id += 1;
+                warn_limited!(
+                    self.warns,
+                    Warn::BadId,
+                    now,
+                    "client {key} closed: invalid id {why:?}"
+                );
+                self.close(key, now);
+            }
+        }
+    }
+
+    /// Discards an identified client's input; notices its disconnect.
+    fn read_client(&mut self, key: usize, now: Instant) {
+        let conn = &mut self.conns[key];
+        let (n, state) = conn::discard(&mut conn.stream, CLIENT_READ_BUDGET);
+        self.stats.bytes_in += n as u64;
+        match state {
+            Filled::WouldBlock => {}
+            Filled::Bytes(_) => self.unread.push(key),
+            Filled::Closed(e) => {
+                if let Some(e) = e {
+                    warn_limited!(self.warns, Warn::ConnError, now, "client {key}: {e}");
+                }
+                debug!("client {key} disconnected");
+                self.close(key, now);
+            }
+        }
+    }
+
+    pub(super) fn drain_unread(&mut self, now: Instant) {
+        if self.unread.is_empty() {
+            return;
+        }
+        let mut unread = std::mem::take(&mut self.unread);
+        for &key in &unread {
+            if self.conns.get(key).is_some_and(|c| !c.closing) {
+                self.read_client(key, now);
+            }
+        }
+        unread.clear();
+        if self.unread.is_empty() {
+            self.unread = unread; // keep the capacity
+        }
+    }
+}

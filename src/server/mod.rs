@@ -1,0 +1,413 @@
+//! The server: one `mio` poll loop that owns both listeners, every connection (in a slab)
+//! and the pipeline. `run()` is a short loop; each turn:
+//!
+//! 1. dispatch readiness: accept, read client ids, drain client input, note which event
+//!    sources are readable;
+//! 2. timers: id and stall timeouts, the gap timeout, stats, the accept pause, handing
+//!    freed memory back after a burst;
+//! 3. pump: source bytes -> lines -> events -> window -> router -> client buffers, until
+//!    the sources have nothing more, the turn's read budget is spent, or pending output
+//!    is over a limit (backpressure);
+//! 4. flush: one `write` per connection that got output this turn;
+//! 5. reap: connections flagged for closing during the turn are removed (never in the
+//!    middle of a dispatch, so no key goes stale under anyone's feet).
+
+use crate::config::Config;
+use crate::conn::{self, Conn, Filled, Role};
+use crate::event::{self, Event, Kind, Malformed, ParseError, MAX_RENDERED};
+use crate::lines::{Line, LineSplitter};
+use crate::router::Router;
+use crate::stats::{Counters, Warn, WarnLimiter};
+use crate::warn_limited;
+use crate::window::{Insert, Pop, ReorderWindow};
+use log::{debug, error, info, trace};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const EVENT_LISTENER: Token = Token(usize::MAX - 1);
+const CLIENT_LISTENER: Token = Token(usize::MAX - 2);
+const SIGNALS: Token = Token(usize::MAX - 3);
+
+/// Granularity of the id and stall timeout checks.
+const TICK: Duration = Duration::from_millis(50);
+/// How long accepting pauses when the process is out of file descriptors.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// How long pending output may drain at shutdown.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
+/// Event sources connected at once; more are closed at once. Each holds a read buffer.
+pub const MAX_SOURCES: usize = 64;
+/// Source bytes read per loop turn, so clients get flushed while a fast source streams.
+const READ_BUDGET: usize = 128 * 1024;
+/// Client input discarded per connection per turn, so a chatty client cannot hog the loop.
+const CLIENT_READ_BUDGET: usize = 64 * 1024;
+/// Initial reorder window slots.
+const INITIAL_WINDOW: usize = 1024;
+/// Pending output above which, once drained again, freed heap memory is handed back to
+/// the OS (a burst must not leave the process at its peak size).
+const TRIM_AFTER: usize = 1 << 20;
+/// At most one such release per this.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+/// Write buffer capacity an idle connection keeps through a release.
+const KEEP_CAPACITY: usize = 16 * 1024;
+/// Bytes of a junk line shown in its warning.
+const SHOWN: usize = 64;
+
+mod intake;
+mod pipeline;
+mod session;
+mod timers;
+
+use intake::Side;
+use pipeline::Source;
+use session::Session;
+
+/// See the module docs.
+pub struct Server {
+    cfg: Config,
+    poll: Poll,
+    event_listener: Option<TcpListener>,
+    client_listener: Option<TcpListener>,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    conns: Slab<Conn>,
+    sources: Vec<Source>,
+    /// Round-robin cursor over `sources`.
+    next_source: usize,
+    /// Client connections, identified or not.
+    clients: usize,
+    /// Client connections still waiting for their id.
+    pending_ids: usize,
+    /// Connections with output pending.
+    with_output: usize,
+    /// Connections over the client buffer limit; sources are not read while non-zero.
+    over_limit: usize,
+    /// Output bytes pending over all connections; sources are not read while it is over
+    /// the total buffer limit.
+    pending_total: usize,
+    window: ReorderWindow,
+    /// An event too far ahead, waiting for the window to make room.
+    held: Option<(Event, Option<Box<[u8]>>)>,
+    router: Router,
+    /// Scratch: recipients of the event being delivered.
+    recipients: Vec<usize>,
+    /// Scratch: a non-canonical payload, or the start of a junk line.
+    raw: Vec<u8>,
+    /// Scratch: a notification with a non-canonical payload.
+    note: Vec<u8>,
+    /// Connections that got output since the last flush.
+    dirty: Vec<usize>,
+    /// Connections flagged for closing, removed after dispatch.
+    closing: Vec<usize>,
+    /// Identified clients with input left unread after their budget.
+    unread: Vec<usize>,
+    session: Option<Session>,
+    sessions: u64,
+    /// The last source left: flushing the window before the reset.
+    ending: bool,
+    stats: Counters,
+    warns: WarnLimiter,
+    /// The gap clock: last delivery, or when events started waiting, or resume.
+    gap_since: Instant,
+    next_tick: Instant,
+    next_stats: Option<Instant>,
+    accept_paused_until: Option<Instant>,
+    /// Out of file descriptors since the last successful accept (warned once).
+    out_of_fds: bool,
+    shutdown: bool,
+    /// A burst or a session end freed memory that should go back to the OS.
+    trim_wanted: bool,
+    last_trim: Instant,
+    /// The pump stopped with work left (budget spent, or just resumed).
+    work_left: bool,
+}
+
+impl Server {
+    /// A server on already-bound listeners (so callers and tests pick the ports).
+    pub fn new(
+        cfg: Config,
+        events: std::net::TcpListener,
+        clients: std::net::TcpListener,
+    ) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        events.set_nonblocking(true)?;
+        clients.set_nonblocking(true)?;
+        let mut events = TcpListener::from_std(events);
+        let mut clients = TcpListener::from_std(clients);
+        poll.registry()
+            .register(&mut events, EVENT_LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut clients, CLIENT_LISTENER, Interest::READABLE)?;
+        let now = Instant::now();
+        Ok(Server {
+            window: ReorderWindow::new(INITIAL_WINDOW, cfg.max_window),
+            next_stats: cfg.stats_interval.map(|i| now + i),
+            warns: WarnLimiter::new(cfg.stats_interval.unwrap_or(Duration::from_secs(10)), now),
+            cfg,
+            poll,
+            event_listener: Some(events),
+            client_listener: Some(clients),
+            signals: None,
+            conns: Slab::new(),
+            sources: Vec::new(),
+            next_source: 0,
+            clients: 0,
+            pending_ids: 0,
+            with_output: 0,
+            over_limit: 0,
+            pending_total: 0,
+            held: None,
+            router: Router::new(),
+            recipients: Vec::new(),
+            raw: Vec::new(),
+            note: Vec::new(),
+            dirty: Vec::new(),
+            closing: Vec::new(),
+            unread: Vec::new(),
+            session: None,
+            sessions: 0,
+            ending: false,
+            stats: Counters::default(),
+            gap_since: now,
+            next_tick: now,
+            accept_paused_until: None,
+            out_of_fds: false,
+            shutdown: false,
+            trim_wanted: false,
+            last_trim: now,
+            work_left: false,
+        })
+    }
+
+    /// Stop gracefully on SIGINT and SIGTERM (delivered through the poll loop).
+    pub fn handle_signals(&mut self) -> io::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    /// The bound (event, client) addresses.
+    pub fn local_addrs(&self) -> io::Result<(SocketAddr, SocketAddr)> {
+        let unbound = || io::Error::other("listener closed");
+        Ok((
+            self.event_listener
+                .as_ref()
+                .ok_or_else(unbound)?
+                .local_addr()?,
+            self.client_listener
+                .as_ref()
+                .ok_or_else(unbound)?
+                .local_addr()?,
+        ))
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> Counters {
+        self.stats
+    }
+
+    /// Serves until a signal asks to stop (then drains and returns `Ok`), or the poll or a
+    /// listener fails.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            for ev in events.iter() {
+                match ev.token() {
+                    EVENT_LISTENER => self.accept(Side::Events, now),
+                    CLIENT_LISTENER => self.accept(Side::Clients, now),
+                    SIGNALS => self.on_signal(),
+                    Token(key) => {
+                        let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                        self.on_ready(key, readable, ev.is_writable(), now);
+                    }
+                }
+            }
+            self.drain_unread(now);
+            self.timers(now);
+            self.pump(now);
+            self.flush(now);
+            self.reap();
+            if self.shutdown {
+                return self.finish();
+            }
+        }
+    }
+
+    /// Backpressure: some client, or all of them together, hold too much output.
+    fn paused(&self) -> bool {
+        self.over_limit > 0 || self.pending_total > self.cfg.total_buffer_limit
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if (self.work_left && !self.paused()) || !self.unread.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let gap = match self.cfg.gap_timeout {
+            Some(t) if !self.paused() && self.window.waiting() > 0 => Some(self.gap_since + t),
+            _ => None,
+        };
+        let tick = (self.pending_ids > 0 || self.with_output > 0 || self.trim_wanted)
+            .then_some(self.next_tick);
+        [gap, tick, self.next_stats, self.accept_paused_until]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|d| d.saturating_duration_since(now))
+    }
+
+    fn on_signal(&mut self) {
+        if let Some(signals) = self.signals.as_mut() {
+            for sig in signals.pending() {
+                info!("signal {sig}: shutting down");
+                self.shutdown = true;
+            }
+        }
+    }
+
+    /// One `write` per connection that got output (or became writable) this turn.
+    fn flush(&mut self, now: Instant) {
+        let was_paused = self.paused();
+        self.trim_wanted |= self.pending_total > TRIM_AFTER;
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.dirty = false;
+            if conn.closing {
+                continue;
+            }
+            match conn.out.write_to(&mut conn.stream) {
+                Ok(n) => {
+                    self.stats.bytes_out += n as u64;
+                    self.pending_total -= n;
+                    if n > 0 {
+                        conn.stalled_since = now;
+                    }
+                    if conn.out.pending() == 0 {
+                        self.with_output -= 1;
+                    }
+                    if conn.over_limit && conn.out.pending() <= self.cfg.client_buffer_limit {
+                        conn.over_limit = false;
+                        self.over_limit -= 1;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    conn.dirty = true;
+                    self.dirty.push(key);
+                }
+                Err(e) => {
+                    debug!("client {key}: write failed: {e}");
+                    self.close(key, now);
+                }
+            }
+        }
+        dirty.clear();
+        dirty.append(&mut self.dirty);
+        self.dirty = dirty;
+        if was_paused && !self.paused() {
+            self.resume(now);
+        }
+    }
+
+    /// Backpressure released: the sources may be read again; the gap clock restarts.
+    fn resume(&mut self, now: Instant) {
+        self.work_left = true;
+        self.gap_since = now;
+    }
+
+    /// Flags `key` for removal after dispatch and forgets it everywhere else now.
+    fn close(&mut self, key: usize, now: Instant) {
+        let was_paused = self.paused();
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.closing {
+            return;
+        }
+        conn.closing = true;
+        self.closing.push(key);
+        if conn.out.pending() > 0 {
+            self.with_output -= 1;
+            self.pending_total -= conn.out.pending();
+        }
+        if std::mem::take(&mut conn.over_limit) {
+            self.over_limit -= 1;
+        }
+        match conn.role {
+            Role::Source => {}
+            Role::Pending { .. } => {
+                self.clients -= 1;
+                self.pending_ids -= 1;
+            }
+            Role::Client { user } => {
+                self.clients -= 1;
+                self.router.disconnect(user, key);
+            }
+        }
+        if was_paused && !self.paused() {
+            self.resume(now);
+        }
+    }
+
+    fn reap(&mut self) {
+        for key in self.closing.drain(..) {
+            let mut conn = self.conns.remove(key);
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+        }
+    }
+
+    /// Shutdown: stop accepting, give pending output up to a second, log final stats.
+    fn finish(&mut self) -> io::Result<()> {
+        for mut l in [self.event_listener.take(), self.client_listener.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let deadline = Instant::now() + SHUTDOWN_FLUSH;
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            for (key, conn) in self.conns.iter_mut() {
+                if conn.out.pending() > 0 && !conn.dirty && !conn.closing {
+                    conn.dirty = true;
+                    self.dirty.push(key);
+                }
+            }
+            self.flush(now);
+            self.reap();
+            if self.with_output == 0 || now >= deadline {
+                break;
+            }
+            match self.poll.poll(&mut events, Some(deadline - now)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.with_output > 0 {
+            error!(
+                "exiting with output pending for {} connections",
+                self.with_output
+            );
+        }
+        info!("final stats: {}", self.stats);
+        Ok(())
+    }
+}

@@ -1,0 +1,267 @@
+//! The pipeline, run by the pump: source bytes -> lines -> events -> window -> router
+//! -> client buffers, stopping for backpressure or at the turn's read budget.
+
+use super::*;
+
+/// An event source's read side. Kept outside the slab so a line can be parsed while the
+/// rest of the server is borrowed for delivery.
+pub(super) struct Source {
+    pub(super) key: usize,
+    pub(super) lines: LineSplitter,
+    /// The socket may hold unread bytes (set on readiness, cleared on `WouldBlock`).
+    pub(super) readable: bool,
+    /// The peer closed; buffered lines are still to be processed.
+    pub(super) eof: bool,
+}
+
+/// What one source line turned out to be.
+enum Taken {
+    Event(Event),
+    NoOp(u64, Malformed),
+    Junk,
+    TooLong,
+}
+
+impl Server {
+    /// Moves events from the sources through the window to the client buffers until
+    /// there is nothing more, the read budget is spent, or backpressure holds.
+    pub(super) fn pump(&mut self, now: Instant) {
+        self.work_left = false;
+        let mut budget = READ_BUDGET;
+        while !self.paused() {
+            if let Some(pop) = self.window.pop() {
+                match pop {
+                    Pop::Event(ev, payload) => self.deliver(ev, payload.as_deref(), now),
+                    Pop::Skipped { from, through } => self.skipped(from, through, now),
+                }
+                continue;
+            }
+            if let Some((ev, payload)) = self.held.take() {
+                // `pop` found nothing to skip, so the room was made.
+                debug_assert!(self.window.fits(ev.seq));
+                let stored = self
+                    .window
+                    .insert(ev, payload.as_deref().unwrap_or_default());
+                debug_assert_eq!(stored, Insert::Stored);
+                continue;
+            }
+            if self.ending {
+                if self.window.flushed() {
+                    self.end_session(now);
+                    continue;
+                }
+                return;
+            }
+            match self.next_line(&mut budget, now) {
+                Some(taken) => self.ingest(taken, now),
+                None => return,
+            }
+        }
+    }
+
+    /// The next line from any source, round-robin by read chunk, reading as needed.
+    fn next_line(&mut self, budget: &mut usize, now: Instant) -> Option<Taken> {
+        let mut idle = 0;
+        while idle < self.sources.len() {
+            let i = self.next_source % self.sources.len();
+            let src = &mut self.sources[i];
+            if let Some(line) = src.lines.next_line() {
+                return Some(take(line, &mut self.raw));
+            }
+            if src.eof {
+                let tail = src.lines.take_tail().map(|l| take(l, &mut self.raw));
+                self.close_source(i, now);
+                if tail.is_some() {
+                    return tail;
+                }
+                continue;
+            }
+            if !src.readable {
+                self.next_source += 1;
+                idle += 1;
+                continue;
+            }
+            if *budget == 0 {
+                self.work_left = true;
+                return None;
+            }
+            let conn = &mut self.conns[src.key];
+            match conn::fill(&mut conn.stream, &mut src.lines) {
+                Filled::Bytes(n) => {
+                    self.stats.bytes_in += n as u64;
+                    *budget = budget.saturating_sub(n);
+                    self.next_source += 1;
+                    idle = 0;
+                }
+                Filled::WouldBlock => {
+                    src.readable = false;
+                    self.next_source += 1;
+                    idle += 1;
+                }
+                Filled::Closed(e) => {
+                    if let Some(e) = e {
+                        warn_limited!(
+                            self.warns,
+                            Warn::ConnError,
+                            now,
+                            "event source {}: {e}",
+                            src.key
+                        );
+                    }
+                    src.eof = true;
+                }
+            }
+        }
+        None
+    }
+
+    /// Counts and stores one taken line.
+    fn ingest(&mut self, taken: Taken, now: Instant) {
+        let ev = match taken {
+            Taken::Event(ev) => ev,
+            Taken::NoOp(seq, why) => {
+                self.stats.noop_events += 1;
+                warn_limited!(
+                    self.warns,
+                    Warn::NoOp,
+                    now,
+                    "event {seq} is malformed ({why:?}): delivered as a no-op"
+                );
+                Event::noop(seq)
+            }
+            Taken::Junk => {
+                self.stats.junk_lines += 1;
+                warn_limited!(
+                    self.warns,
+                    Warn::Junk,
+                    now,
+                    "junk line discarded: {:?}",
+                    String::from_utf8_lossy(&self.raw)
+                );
+                return;
+            }
+            Taken::TooLong => {
+                self.stats.overlong_lines += 1;
+                warn_limited!(
+                    self.warns,
+                    Warn::Overlong,
+                    now,
+                    "event line over {} bytes discarded",
+                    conn::MAX_EVENT_LINE
+                );
+                return;
+            }
+        };
+        self.stats.events_received += 1;
+        trace!("event {} received: {:?}", ev.seq, ev.kind);
+        let was_empty = self.window.waiting() == 0;
+        match self.window.insert(ev, &self.raw) {
+            Insert::Stored => {
+                if was_empty {
+                    self.gap_since = now;
+                }
+            }
+            Insert::Late | Insert::Duplicate => {
+                self.stats.late_or_duplicate += 1;
+                warn_limited!(
+                    self.warns,
+                    Warn::LateOrDuplicate,
+                    now,
+                    "event {} discarded: already delivered or waiting",
+                    ev.seq
+                );
+            }
+            Insert::TooFar => {
+                self.window.make_room_for(ev.seq);
+                let payload = (!ev.canonical).then(|| self.raw.as_slice().into());
+                self.held = Some((ev, payload));
+            }
+        }
+    }
+
+    /// Applies one in-order event and appends its notification to every recipient.
+    fn deliver(&mut self, ev: Event, payload: Option<&[u8]>, now: Instant) {
+        self.stats.events_delivered += 1;
+        self.gap_since = now;
+        if ev.kind == Kind::NoOp {
+            return;
+        }
+        self.recipients.clear();
+        self.router.apply(&ev, &mut self.recipients);
+        trace!("event {} to {} connections", ev.seq, self.recipients.len());
+        if self.recipients.is_empty() {
+            return;
+        }
+        let mut rendered = [0u8; MAX_RENDERED];
+        let note: &[u8] = match payload {
+            Some(p) => {
+                self.note.clear();
+                self.note.extend_from_slice(p);
+                self.note.extend_from_slice(b"\r\n");
+                &self.note
+            }
+            None => {
+                let n = ev.render(&mut rendered);
+                &rendered[..n]
+            }
+        };
+        let limit = self.cfg.client_buffer_limit;
+        for &key in &self.recipients {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.closing {
+                continue;
+            }
+            if conn.out.pending() == 0 {
+                conn.stalled_since = now;
+                self.with_output += 1;
+            }
+            conn.out.append(note);
+            self.pending_total += note.len();
+            self.stats.notifications += 1;
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
+            }
+            if !conn.over_limit && conn.out.pending() > limit {
+                conn.over_limit = true;
+                self.over_limit += 1;
+            }
+        }
+    }
+
+    pub(super) fn skipped(&mut self, from: u64, through: u64, now: Instant) {
+        self.stats.seqs_skipped += through - from + 1;
+        self.gap_since = now;
+        warn_limited!(
+            self.warns,
+            Warn::Skipped,
+            now,
+            "seqs {from}..={through} skipped ({} events)",
+            through - from + 1
+        );
+    }
+}
+
+/// Classifies one source line; keeps the bytes in `raw` where they are needed later.
+fn take(line: Line<'_>, raw: &mut Vec<u8>) -> Taken {
+    let Line::Full(line) = line else {
+        return Taken::TooLong;
+    };
+    match event::parse(line) {
+        Ok(ev) => {
+            if !ev.canonical {
+                raw.clear();
+                raw.extend_from_slice(line);
+            }
+            Taken::Event(ev)
+        }
+        Err(ParseError::NoOp { seq, why }) => Taken::NoOp(seq, why),
+        Err(ParseError::Junk) => {
+            raw.clear();
+            raw.extend_from_slice(&line[..line.len().min(SHOWN)]);
+            Taken::Junk
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Sessions: one starts when an event source connects while none is connected and ends
+//! when the last one leaves (window flushed, seq and follow graph reset unless
+//! `--keep-state`).
+
+use super::*;
+
+pub(super) struct Session {
+    pub(super) number: u64,
+    pub(super) started: Instant,
+    pub(super) at_start: Counters,
+}
+
+impl Server {
+    pub(super) fn start_session(&mut self, now: Instant) {
+        self.sessions += 1;
+        info!(
+            "session {} started (next seq {})",
+            self.sessions,
+            self.window.next_seq()
+        );
+        self.session = Some(Session {
+            number: self.sessions,
+            started: now,
+            at_start: self.stats,
+        });
+    }
+
+    pub(super) fn close_source(&mut self, i: usize, now: Instant) {
+        let src = self.sources.swap_remove(i);
+        debug!("event source {} disconnected", src.key);
+        self.close(src.key, now);
+        if !self.sources.is_empty() {
+            return;
+        }
+        if self.cfg.keep_state {
+            self.log_session_end(now);
+        } else {
+            // Deliver what waits, gaps skipped, then reset (in `pump`).
+            self.ending = true;
+            self.window.start_flush();
+            self.work_left = true;
+        }
+    }
+
+    pub(super) fn end_session(&mut self, now: Instant) {
+        self.window.reset();
+        self.trim_wanted = true;
+        self.router.clear_follows();
+        self.ending = false;
+        self.log_session_end(now);
+        if !self.sources.is_empty() {
+            self.start_session(now);
+        }
+    }
+
+    fn log_session_end(&mut self, now: Instant) {
+        if let Some(s) = self.session.take() {
+            info!(
+                "session {} ended after {:.3}s: {}",
+                s.number,
+                now.duration_since(s.started).as_secs_f64(),
+                self.stats.since(&s.at_start)
+            );
+        }
+    }
+}

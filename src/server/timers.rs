@@ -1,0 +1,110 @@
+//! Timers, checked once per loop turn: the accept pause, the gap timeout, id and stall
+//! timeouts (every 50 ms while any could expire), the stats line, and handing memory back
+//! to the OS after a burst.
+
+use super::*;
+
+impl Server {
+    pub(super) fn timers(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|t| now >= t) {
+            self.accept_paused_until = None;
+            self.accept(Side::Events, now);
+            self.accept(Side::Clients, now);
+        }
+        if let Some(gap) = self.cfg.gap_timeout {
+            if !self.paused() && self.held.is_none() && now >= self.gap_since + gap {
+                if let Some(Pop::Skipped { from, through }) = self.window.skip_gap() {
+                    self.skipped(from, through, now);
+                }
+            }
+        }
+        if now >= self.next_tick {
+            self.next_tick = now + TICK;
+            if self.pending_ids > 0 || self.with_output > 0 {
+                self.check_timeouts(now);
+            }
+            if self.trim_wanted
+                && self.pending_total < TRIM_AFTER / 16
+                && now.duration_since(self.last_trim) >= TRIM_EVERY
+            {
+                self.trim_wanted = false;
+                self.last_trim = now;
+                for (_, conn) in self.conns.iter_mut() {
+                    conn.out.shrink_idle(KEEP_CAPACITY);
+                }
+                release_freed_memory();
+            }
+        }
+        if let Some(at) = self.next_stats.filter(|&t| now >= t) {
+            self.next_stats = self.cfg.stats_interval.map(|i| (at + i).max(now));
+            self.log_stats();
+        }
+        self.warns.roll(now);
+    }
+
+    /// Closes connections past their id deadline and clients stalled past the limit.
+    fn check_timeouts(&mut self, now: Instant) {
+        let stall = self.cfg.stall_timeout;
+        let mut expired = Vec::new();
+        for (key, conn) in self.conns.iter() {
+            if conn.closing {
+                continue;
+            }
+            match conn.role {
+                Role::Pending { deadline, .. } if now >= deadline => expired.push((key, false)),
+                Role::Client { .. }
+                    if conn.out.pending() > 0
+                        && now.duration_since(conn.stalled_since) >= stall =>
+                {
+                    expired.push((key, true))
+                }
+                _ => {}
+            }
+        }
+        for (key, stalled) in expired {
+            if stalled {
+                self.stats.clients_stalled += 1;
+                warn_limited!(
+                    self.warns,
+                    Warn::Stalled,
+                    now,
+                    "client {key} closed: took no bytes for {stall:?} with {} pending",
+                    self.conns[key].out.pending()
+                );
+            } else {
+                self.stats.clients_bad_id += 1;
+                warn_limited!(
+                    self.warns,
+                    Warn::BadId,
+                    now,
+                    "client {key} closed: no id within {:?}",
+                    self.cfg.auth_timeout
+                );
+            }
+            self.close(key, now);
+        }
+    }
+
+    fn log_stats(&self) {
+        info!(
+            "stats: {} | sources={} clients={} window={}/{} waiting={} next_seq={}",
+            self.stats,
+            self.sources.len(),
+            self.clients,
+            self.window.capacity(),
+            self.cfg.max_window,
+            self.window.waiting(),
+            self.window.next_seq()
+        );
+    }
+}
+
+/// Hands heap pages freed after a burst back to the OS. glibc keeps freed memory inside
+/// the heap (so RSS would stay at its peak); elsewhere the allocator decides.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; no Rust state involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
