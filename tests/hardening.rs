@@ -337,3 +337,28 @@ fn the_total_buffer_limit_bounds_memory_across_many_lagging_clients() {
     eprintln!("RSS after the burst {now} KiB, peak {peak} KiB");
     assert!(now < peak, "RSS after the burst {now} KiB, peak {peak} KiB");
 }
+
+#[test]
+fn log_level_comes_from_log_level_when_rust_log_is_unset() {
+    let s = Server::start_with(&[], |cmd| {
+        cmd.env_remove("RUST_LOG").env("logLevel", "DEBUG");
+    });
+    // "identified as user" is a debug line: the default (info) would not show it.
+    let _c = clients(&s, &[42]);
+    s.wait_log("identified as user 42");
+}
+
+#[test]
+fn bind_address_is_honoured() {
+    let s = Server::start(&["--bind", "127.0.0.2"]);
+    assert_eq!(s.events.ip().to_string(), "127.0.0.2");
+    assert_eq!(s.clients.ip().to_string(), "127.0.0.2");
+    let mut c = clients(&s, &[1]);
+    let mut src = s.source();
+    send_lines(&mut src, &["1|B"]);
+    assert_eq!(c[0].read_lines(1), ["1|B"]);
+    assert!(
+        TcpStream::connect(("127.0.0.1", s.clients.port())).is_err(),
+        "not on 127.0.0.1"
+    );
+}

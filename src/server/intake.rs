@@ -44,13 +44,7 @@ impl Server {
         }
     }
 
-    fn admit(
-        &mut self,
-        side: Side,
-        mut stream: TcpStream,
-        addr: SocketAddr,
-        now: Instant,
-    ) {
+    fn admit(&mut self, side: Side, mut stream: TcpStream, addr: SocketAddr, now: Instant) {
         let (role, interest) = match side {
             Side::Events if self.sources.len() >= MAX_SOURCES => {
                 self.stats.clients_rejected += 1;
