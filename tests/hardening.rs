@@ -362,3 +362,32 @@ fn bind_address_is_honoured() {
         "not on 127.0.0.1"
     );
 }
+
+#[test]
+fn connections_reset_before_accept_strand_no_one() {
+    use std::os::fd::AsRawFd;
+    let s = Server::start(&[]);
+    // Abortive closes (RST) while still in the accept queue.
+    for _ in 0..50 {
+        let c = TcpStream::connect(s.clients).unwrap();
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        let rc = unsafe {
+            libc::setsockopt(
+                c.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &linger as *const libc::linger as *const libc::c_void,
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        drop(c);
+    }
+    let mut good = clients(&s, &[3]);
+    let mut src = s.source();
+    send_lines(&mut src, &["1|P|1|3"]);
+    assert_eq!(good[0].read_lines(1), ["1|P|1|3"]);
+}

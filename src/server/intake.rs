@@ -15,6 +15,7 @@ impl Server {
         if self.accept_paused_until.is_some() {
             return;
         }
+        let mut failures = 0;
         loop {
             let listener = match side {
                 Side::Events => self.event_listener.as_ref(),
@@ -28,17 +29,28 @@ impl Server {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
                     if !std::mem::replace(&mut self.out_of_fds, true) {
-                        log::warn!("out of file descriptors ({e}): pausing accepts {ACCEPT_PAUSE:?} at a time until one succeeds");
+                        log::warn!("out of file descriptors or memory ({e}): pausing accepts {ACCEPT_PAUSE:?} at a time until one succeeds");
                     }
                     self.accept_paused_until = Some(now + ACCEPT_PAUSE);
                     return;
                 }
-                // Per-connection failures (aborted handshakes and the like): go on.
+                // Failures of one connection (aborted before accept, network errors passed
+                // on by accept): the next queued one may be fine, and with edge-triggered
+                // readiness stopping here would strand it. Only a run of failures pauses.
                 Err(e) => {
                     warn_limited!(self.warns, Warn::Accept, now, "accept on {side:?}: {e}");
-                    return;
+                    failures += 1;
+                    if failures >= 16 {
+                        self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+                        return;
+                    }
                 }
             }
         }
