@@ -9,7 +9,7 @@
 //! 32 bytes; the rare non-canonical payload is kept by the caller (see [`Event::canonical`]).
 
 /// What an event does. `NoOp` holds the place of a malformed line with a valid seq.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     Follow,
     Unfollow,

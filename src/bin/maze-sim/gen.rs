@@ -49,16 +49,9 @@ impl Rng {
     }
 }
 
-/// What an event is. `NoOp` events have a valid seq and a malformed rest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Follow,
-    Unfollow,
-    Broadcast,
-    Private,
-    Status,
-    NoOp,
-}
+/// What an event is (the server's own tag type; `NoOp` events have a valid seq and a
+/// malformed rest).
+pub use follower_maze::event::Kind;
 
 /// One generated event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +65,17 @@ pub struct Ev {
 }
 
 impl Ev {
+    /// An event that is sent (not part of a gap).
+    pub fn new(seq: u64, kind: Kind, from: u64, to: u64) -> Ev {
+        Ev {
+            seq,
+            kind,
+            from,
+            to,
+            omitted: false,
+        }
+    }
+
     /// The payload line plus `\r\n`, appended to `out`.
     pub fn write(&self, out: &mut Vec<u8>) {
         let (tag, ids): (&[u8], usize) = match self.kind {
@@ -205,11 +209,8 @@ impl Iterator for Gen {
         let omitted = self.is_omitted(seq);
         let ev = |kind, from, to| {
             Some(Ev {
-                seq,
-                kind,
-                from,
-                to,
                 omitted,
+                ..Ev::new(seq, kind, from, to)
             })
         };
         if self.cfg.noop_every > 0 && seq.is_multiple_of(self.cfg.noop_every) {
@@ -338,13 +339,7 @@ mod tests {
 
     #[test]
     fn rendering() {
-        let ev = |kind, from, to| Ev {
-            seq: 9,
-            kind,
-            from,
-            to,
-            omitted: false,
-        };
+        let ev = |kind, from, to| Ev::new(9, kind, from, to);
         let s = |e: Ev| {
             let mut v = Vec::new();
             e.write(&mut v);
@@ -356,15 +351,7 @@ mod tests {
         assert_eq!(s(ev(Kind::Private, 1, 2)), "9|P|1|2\r\n");
         assert_eq!(s(ev(Kind::Status, 1, 0)), "9|S|1\r\n");
         assert_eq!(s(ev(Kind::NoOp, 1, 2)), "9|X|1|2\r\n");
-        let noop = |seq| {
-            s(Ev {
-                seq,
-                kind: Kind::NoOp,
-                from: 1,
-                to: 2,
-                omitted: false,
-            })
-        };
+        let noop = |seq| s(Ev::new(seq, Kind::NoOp, 1, 2));
         assert_eq!(noop(10), "10|F|1\r\n");
         assert_eq!(noop(11), "11|P|x1|2\r\n");
         assert_eq!(

@@ -87,13 +87,7 @@ mod tests {
     use super::*;
 
     fn ev(seq: u64, kind: Kind, from: u64, to: u64) -> Ev {
-        Ev {
-            seq,
-            kind,
-            from,
-            to,
-            omitted: false,
-        }
+        Ev::new(seq, kind, from, to)
     }
 
     /// Runs the model over `events` with connections `conns` (user per index) and returns

@@ -342,13 +342,7 @@ mod tests {
     use std::net::{TcpListener, TcpStream as StdStream};
 
     fn ev(seq: u64, kind: Kind, from: u64, to: u64) -> Ev {
-        Ev {
-            seq,
-            kind,
-            from,
-            to,
-            omitted: false,
-        }
+        Ev::new(seq, kind, from, to)
     }
 
     /// A deliberately wrong (or right) tiny server: it sends `bytes` to user 5's single
