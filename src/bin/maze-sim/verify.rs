@@ -53,6 +53,10 @@ pub struct Verifier {
     pub tally: Tally,
     timeout: Duration,
     log_interval: Duration,
+    /// Exact connections with something still expected (kept, not counted, per step).
+    exact_waiting: usize,
+    /// The clock, read once per poll round or read call, not per event.
+    now: Instant,
 }
 
 /// Why a run failed.
@@ -69,6 +73,8 @@ impl Verifier {
             tally: Tally::default(),
             timeout,
             log_interval,
+            exact_waiting: 0,
+            now: Instant::now(),
         })
     }
 
@@ -133,6 +139,7 @@ impl Verifier {
                 self.read(ev.token().0, model)?;
             }
             let now = Instant::now();
+            self.now = now;
             tick(self);
             if finished_at.is_none() {
                 self.advance_idle(model);
@@ -161,9 +168,7 @@ impl Verifier {
     }
 
     fn exact_done(&self) -> bool {
-        self.conns
-            .iter()
-            .all(|w| w.mode != Mode::Exact || w.expected.is_empty())
+        self.exact_waiting == 0
     }
 
     /// While no exact connection waits for anything, step the model: events that notify
@@ -177,11 +182,13 @@ impl Verifier {
     fn step<I: Iterator<Item = Ev>>(&mut self, model: &mut Model<I>) {
         let mut recipients = std::mem::take(&mut self.recipients);
         if let Some(ev) = model.step(&mut recipients) {
-            let now = Instant::now();
             for &c in &recipients {
                 let w = &mut self.conns[c];
                 if w.expected.is_empty() {
-                    w.since = now;
+                    w.since = self.now;
+                    if w.mode == Mode::Exact {
+                        self.exact_waiting += 1;
+                    }
                 }
                 w.expected.push_back(ev);
             }
@@ -224,7 +231,8 @@ impl Verifier {
                 Err(e) => return Err(self.describe(i, &format!("read failed: {e}"))),
             };
             self.tally.bytes += n as u64;
-            self.conns[i].since = Instant::now();
+            self.now = Instant::now();
+            self.conns[i].since = self.now;
             let mut chunk = &scratch[..n];
             // A line cut by the previous read: complete it first.
             if !self.conns[i].partial.is_empty() {
@@ -283,7 +291,12 @@ impl Verifier {
         while self.conns[i].expected.is_empty() && !model.exhausted {
             self.step(model);
         }
-        let Some(want) = self.conns[i].expected.pop_front() else {
+        let w = &mut self.conns[i];
+        let want = w.expected.pop_front();
+        if want.is_some() && w.expected.is_empty() && w.mode == Mode::Exact {
+            self.exact_waiting -= 1;
+        }
+        let Some(want) = want else {
             return Err(self.describe(
                 i,
                 &format!("got an extra line {:?}", String::from_utf8_lossy(line)),
