@@ -391,3 +391,63 @@ fn connections_reset_before_accept_strand_no_one() {
     send_lines(&mut src, &["1|P|1|3"]);
     assert_eq!(good[0].read_lines(1), ["1|P|1|3"]);
 }
+
+#[test]
+fn the_gap_clock_stops_while_backpressure_holds_the_source() {
+    // A never-reader with a tiny buffer pauses the source for ~1.5 s (its stall timeout),
+    // five times longer than the gap timeout, while seq 30,002 already waits in the window
+    // and 1..=30,000 are still partly unread in the source socket.
+    let s = Server::start(&[
+        "--gap-timeout-ms",
+        "300",
+        "--client-buffer-limit",
+        "65536",
+        "--stall-timeout-ms",
+        "1500",
+    ]);
+    let mut reader = clients(&s, &[2]).remove(0);
+    let _never = clients(&s, &[1]).remove(0);
+    const N: u64 = 30_000;
+    let mut src = s.source();
+    let mut bytes = format!("{}|B\r\n", N + 2).into_bytes();
+    for seq in 1..=N {
+        bytes.extend_from_slice(fat_broadcast(seq).as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+    }
+    let writer = std::thread::spawn(move || {
+        src.write_all(&bytes).unwrap();
+        src
+    });
+    // Nothing may be skipped while paused: every one of 1..=N arrives, then N + 2 once
+    // the gap at N + 1 times out after the pause.
+    read_fat(&mut reader, N, None);
+    assert_eq!(reader.read_lines(1), [format!("{}|B", N + 2)]);
+    let _src = writer.join().unwrap();
+    let (_, log) = s.terminate();
+    assert!(log.contains("late_or_dup=0"), "{log}");
+    assert!(log.contains("skipped=1 "), "only seq N + 1: {log}");
+    assert!(
+        log.contains("clients_stalled=1"),
+        "the pause really happened: {log}"
+    );
+}
+
+#[test]
+fn an_event_beyond_max_window_skips_the_oldest_missing_seqs() {
+    let s = Server::start(&["--max-window", "8", "--gap-timeout-ms", "0"]);
+    let mut c = clients(&s, &[1]);
+    let mut src = s.source();
+    // 1 and 2 are missing; 3 and 5 wait; 12 needs the next expected seq to be >= 5.
+    send_lines(&mut src, &["3|P|0|1", "5|P|0|1", "12|P|0|1"]);
+    assert_eq!(c[0].read_lines(2), ["3|P|0|1", "5|P|0|1"]);
+    send_lines(&mut src, &["4|P|0|1", "6|P|0|1"]);
+    assert_eq!(c[0].read_lines(1), ["6|P|0|1"], "4 was given up on: late");
+    send_lines(
+        &mut src,
+        &["7|P|0|1", "8|P|0|1", "9|P|0|1", "10|P|0|1", "11|P|0|1"],
+    );
+    assert_eq!(c[0].read_lines(6)[5], "12|P|0|1");
+    let (_, log) = s.terminate();
+    assert!(log.contains("skipped=3 "), "1, 2 and 4: {log}");
+    assert!(log.contains("late_or_dup=1 "), "{log}");
+}
