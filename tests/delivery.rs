@@ -246,3 +246,20 @@ fn a_shuffled_stream_of_200k_events_reaches_100_clients_complete_and_in_order() 
     }
     assert!(total > 200_000, "the stream notifies plenty: {total}");
 }
+
+#[test]
+fn whatever_a_client_sends_after_its_id_is_discarded() {
+    let s = Server::start(&[]);
+    let mut c = common::Client::connect(s.clients);
+    // The id, then more lines in the same write: another id, an event, garbage.
+    c.send(b"7\r\n8\r\n1|B\r\n\xff\xfe\r\n");
+    s.wait_log("identified as user 7");
+    let junk = vec![b'x'; 200_000]; // more than one turn's discard budget
+    c.send(&junk);
+    let mut src = s.source();
+    send_lines(&mut src, &["1|P|1|8", "2|P|1|7"]);
+    assert_eq!(c.read_lines(1), ["2|P|1|7"], "still user 7, nothing echoed");
+    c.expect_silence(QUIET);
+    let (_, log) = s.terminate();
+    assert!(log.contains("clients_connected=1 "), "{log}");
+}

@@ -451,3 +451,14 @@ fn an_event_beyond_max_window_skips_the_oldest_missing_seqs() {
     assert!(log.contains("skipped=3 "), "1, 2 and 4: {log}");
     assert!(log.contains("late_or_dup=1 "), "{log}");
 }
+
+#[test]
+fn sigint_stops_it_like_sigterm() {
+    let mut s = Server::start(&[]);
+    unsafe {
+        libc::kill(s.child.id() as i32, libc::SIGINT);
+    }
+    let status = common::wait_exit(&mut s.child, common::TIMEOUT).expect("exits on SIGINT");
+    assert_eq!(status.code(), Some(0));
+    s.wait_log("final stats:");
+}
