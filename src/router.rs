@@ -24,7 +24,6 @@ pub struct Router {
     follower_conns: HashMap<u64, Vec<ConnId>>,
     /// user -> that user's identified connections (usually one).
     clients: HashMap<u64, Vec<ConnId>>,
-    connections: usize,
 }
 
 impl Router {
@@ -35,7 +34,6 @@ impl Router {
     /// Registers `conn` as a connection of `user`; it receives events routed from now on.
     pub fn connect(&mut self, user: u64, conn: ConnId) {
         self.clients.entry(user).or_default().push(conn);
-        self.connections += 1;
         if let Some(authors) = self.following.get(&user) {
             authors.for_each(|a| self.follower_conns.entry(a).or_default().push(conn));
         }
@@ -50,7 +48,6 @@ impl Router {
             return;
         };
         conns.swap_remove(i);
-        self.connections -= 1;
         if conns.is_empty() {
             self.clients.remove(&user);
         }
@@ -65,7 +62,7 @@ impl Router {
 
     /// Identified connections now.
     pub fn connections(&self) -> usize {
-        self.connections
+        self.clients.values().map(Vec::len).sum()
     }
 
     /// Follow edges now.

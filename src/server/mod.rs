@@ -207,11 +207,6 @@ impl Server {
         ))
     }
 
-    /// Counters so far.
-    pub fn counters(&self) -> Counters {
-        self.stats
-    }
-
     /// Serves until a signal asks to stop (then drains and returns `Ok`), or the poll or a
     /// listener fails.
     pub fn run(&mut self) -> io::Result<()> {
