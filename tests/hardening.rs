@@ -58,6 +58,17 @@ fn read_fat(c: &mut Client, n: u64, sip: Option<(usize, Duration)>) {
     }
 }
 
+/// Reads `n` fat broadcasts on every client at once, one thread each; returns when all did.
+fn read_fat_on_all(clients: Vec<Client>, n: u64) {
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| std::thread::spawn(move || read_fat(&mut c, n, None)))
+        .collect();
+    for r in readers {
+        r.join().unwrap();
+    }
+}
+
 #[test]
 fn a_client_that_never_reads_is_dropped_and_memory_stays_bounded() {
     let s = Server::start(&[
@@ -66,17 +77,11 @@ fn a_client_that_never_reads_is_dropped_and_memory_stays_bounded() {
         "--stall-timeout-ms",
         "3000",
     ]);
-    let mut readers = clients(&s, &[2, 3]);
+    let readers = clients(&s, &[2, 3]);
     let mut never = clients(&s, &[1]).remove(0);
     const N: u64 = 40_000; // 40 MB to each client
     let _source = stream_fat(&s, N);
-    let threads: Vec<_> = readers
-        .drain(..)
-        .map(|mut c| std::thread::spawn(move || read_fat(&mut c, N, None)))
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    read_fat_on_all(readers, N);
     let (peak, _) = s.rss_kib();
     // Without backpressure the never-reader's share alone would be ~40 MB.
     assert!(peak < 24 * 1024, "peak RSS {peak} KiB");
@@ -313,7 +318,7 @@ fn the_total_buffer_limit_bounds_memory_across_many_lagging_clients() {
         "--total-buffer-limit",
         "2097152",
     ]);
-    let mut cs = clients(&s, &[1, 2, 3, 4]);
+    let cs = clients(&s, &[1, 2, 3, 4]);
     const N: u64 = 20_000; // 20 MB to each client: 80 MB in all
     let _source = stream_fat(&s, N);
     std::thread::sleep(Duration::from_millis(1500)); // nobody reads: everything backs up
@@ -322,13 +327,7 @@ fn the_total_buffer_limit_bounds_memory_across_many_lagging_clients() {
         peak_lagging < 16 * 1024,
         "peak RSS while all lag: {peak_lagging} KiB"
     );
-    let readers: Vec<_> = cs
-        .drain(..)
-        .map(|mut c| std::thread::spawn(move || read_fat(&mut c, N, None)))
-        .collect();
-    for r in readers {
-        r.join().unwrap();
-    }
+    read_fat_on_all(cs, N);
     let (peak, _) = s.rss_kib();
     assert!(peak < 16 * 1024, "peak RSS {peak} KiB");
     // Drained: the burst's memory goes back to the OS within a couple of seconds.
