@@ -40,6 +40,8 @@ pub struct Conn {
     pub dirty: bool,
     /// Pending output is above the client buffer limit (counted in the server).
     pub over_limit: bool,
+    /// The last write left bytes behind: no more writes until the socket is writable.
+    pub blocked: bool,
     /// Since when the socket took no bytes while output was pending.
     pub stalled_since: Instant,
 }
@@ -63,6 +65,7 @@ impl Conn {
             closing: false,
             dirty: false,
             over_limit: false,
+            blocked: false,
             stalled_since: now,
         }
     }

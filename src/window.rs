@@ -33,8 +33,9 @@ pub enum Insert {
 /// One step out of the window.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pop {
-    /// The next event, with its original payload if that was not canonical.
-    Event(Event, Option<Box<[u8]>>),
+    /// The next event. If it is not canonical, its original payload is to be taken with
+    /// [`take_payload`](ReorderWindow::take_payload).
+    Event(Event),
     /// Missing seqs `from..=through` were given up on.
     Skipped { from: u64, through: u64 },
 }
@@ -157,12 +158,7 @@ impl ReorderWindow {
             self.slots[i].seq = 0; // empty: the rest of the slot is never read
             self.last = next;
             self.waiting -= 1;
-            let payload = if ev.canonical {
-                None
-            } else {
-                self.odd_payloads.remove(&next)
-            };
-            return Some(Pop::Event(ev, payload));
+            return Some(Pop::Event(ev));
         }
         let through = if self.flushing && self.waiting > 0 {
             u64::MAX
@@ -170,6 +166,12 @@ impl ReorderWindow {
             self.skip_through
         };
         self.skip_missing(through)
+    }
+
+    /// The original payload of the non-canonical event `seq` just popped. (Kept apart from
+    /// [`Pop`] so the common event moves through the pipeline as 32 plain bytes.)
+    pub fn take_payload(&mut self, seq: u64) -> Option<Box<[u8]>> {
+        self.odd_payloads.remove(&seq)
     }
 
     /// Moves `last` over missing seqs, up to `through` or the first waiting event.
@@ -259,7 +261,7 @@ mod tests {
         let (mut got, mut skipped) = (Vec::new(), Vec::new());
         while let Some(p) = w.pop() {
             match p {
-                Pop::Event(e, _) => got.push(e.seq),
+                Pop::Event(e) => got.push(e.seq),
                 Pop::Skipped { from, through } => skipped.push((from, through)),
             }
         }
@@ -453,14 +455,15 @@ mod tests {
         let odd = crate::event::parse(b"02|P|1|2").unwrap();
         w.insert(odd, b"02|P|1|2");
         w.insert(ev(1), b"1|B");
-        assert_eq!(w.pop(), Some(Pop::Event(ev(1), None)));
-        assert_eq!(w.pop(), Some(Pop::Event(odd, Some((*b"02|P|1|2").into()))));
+        assert_eq!(w.pop(), Some(Pop::Event(ev(1))));
+        assert_eq!(w.pop(), Some(Pop::Event(odd)));
+        assert_eq!(w.take_payload(2).as_deref(), Some(&b"02|P|1|2"[..]));
     }
 
     /// Checks one pop against the model: strictly increasing, each seq accounted once.
     fn account(p: Pop, prev: &mut u64, accounted: &mut u64) {
         let (from, through) = match p {
-            Pop::Event(e, _) => (e.seq, e.seq),
+            Pop::Event(e) => (e.seq, e.seq),
             Pop::Skipped { from, through } => (from, through),
         };
         assert_eq!(from, *prev + 1, "nothing lost between pops");

@@ -19,7 +19,7 @@ struct Checker {
 impl Checker {
     fn account(&mut self, p: Pop) {
         let (from, through) = match p {
-            Pop::Event(e, _) => (e.seq, e.seq),
+            Pop::Event(e) => (e.seq, e.seq),
             Pop::Skipped { from, through } => (from, through),
         };
         assert_eq!(from, self.prev.wrapping_add(1));

@@ -134,6 +134,9 @@ impl Server {
         if conn.closing {
             return;
         }
+        if writable {
+            conn.blocked = false;
+        }
         if writable && conn.out.pending() > 0 && !conn.dirty {
             conn.dirty = true;
             self.dirty.push(key);

@@ -41,7 +41,10 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
 /// Event sources connected at once; more are closed at once. Each holds a read buffer.
 pub const MAX_SOURCES: usize = 64;
 /// Source bytes read per loop turn, so clients get flushed while a fast source streams.
-const READ_BUDGET: usize = 128 * 1024;
+const READ_BUDGET: usize = 512 * 1024;
+/// A client's pending output is written as soon as it reaches this, mid-turn, instead of
+/// growing: large writes (few syscalls) without every client holding a turn's output.
+const WRITE_AT: usize = 8 * 1024;
 /// Client input discarded per connection per turn, so a chatty client cannot hog the loop.
 const CLIENT_READ_BUDGET: usize = 64 * 1024;
 /// Initial reorder window slots.
@@ -279,37 +282,9 @@ impl Server {
         self.trim_wanted |= self.pending_total > TRIM_AFTER;
         let mut dirty = std::mem::take(&mut self.dirty);
         for &key in &dirty {
-            let Some(conn) = self.conns.get_mut(key) else {
-                continue;
-            };
-            conn.dirty = false;
-            if conn.closing {
-                continue;
-            }
-            match conn.out.write_to(&mut conn.stream) {
-                Ok(n) => {
-                    self.stats.bytes_out += n as u64;
-                    self.pending_total -= n;
-                    if n > 0 {
-                        conn.stalled_since = now;
-                    }
-                    if conn.out.pending() == 0 {
-                        self.with_output -= 1;
-                    }
-                    if conn.over_limit && conn.out.pending() <= self.cfg.client_buffer_limit {
-                        conn.over_limit = false;
-                        self.over_limit -= 1;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    conn.dirty = true;
-                    self.dirty.push(key);
-                }
-                Err(e) => {
-                    debug!("client {key}: write failed: {e}");
-                    self.close(key, now);
-                }
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.dirty = false;
+                self.write_out(key, now);
             }
         }
         dirty.clear();
@@ -317,6 +292,45 @@ impl Server {
         self.dirty = dirty;
         if was_paused && !self.paused() {
             self.resume(now);
+        }
+    }
+
+    /// One `write` of `key`'s pending output, and the accounting that goes with it.
+    fn write_out(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.closing {
+            return;
+        }
+        let offered = conn.out.pending();
+        match conn.out.write_to(&mut conn.stream) {
+            Ok(n) => {
+                self.stats.bytes_out += n as u64;
+                self.pending_total -= n;
+                if n > 0 {
+                    conn.stalled_since = now;
+                }
+                conn.blocked = n < offered;
+                if conn.out.pending() == 0 {
+                    self.with_output -= 1;
+                }
+                if conn.over_limit && conn.out.pending() <= self.cfg.client_buffer_limit {
+                    conn.over_limit = false;
+                    self.over_limit -= 1;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.blocked = true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                if !conn.dirty {
+                    conn.dirty = true;
+                    self.dirty.push(key);
+                }
+            }
+            Err(e) => {
+                debug!("client {key}: write failed: {e}");
+                self.close(key, now);
+            }
         }
     }
 

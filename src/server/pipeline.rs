@@ -31,7 +31,14 @@ impl Server {
         while !self.paused() {
             if let Some(pop) = self.window.pop() {
                 match pop {
-                    Pop::Event(ev, payload) => self.deliver(ev, payload.as_deref(), now),
+                    Pop::Event(ev) => {
+                        let payload = if ev.canonical {
+                            None
+                        } else {
+                            self.window.take_payload(ev.seq)
+                        };
+                        self.deliver(&ev, payload.as_deref(), now);
+                    }
                     Pop::Skipped { from, through } => self.skipped(from, through, now),
                 }
                 continue;
@@ -180,25 +187,27 @@ impl Server {
     }
 
     /// Applies one in-order event and appends its notification to every recipient.
-    fn deliver(&mut self, ev: Event, payload: Option<&[u8]>, now: Instant) {
+    fn deliver(&mut self, ev: &Event, payload: Option<&[u8]>, now: Instant) {
         self.stats.events_delivered += 1;
         self.gap_since = now;
         if ev.kind == Kind::NoOp {
             return;
         }
         self.recipients.clear();
-        self.router.apply(&ev, &mut self.recipients);
+        self.router.apply(ev, &mut self.recipients);
         trace!("event {} to {} connections", ev.seq, self.recipients.len());
         if self.recipients.is_empty() {
             return;
         }
         let mut rendered = [0u8; MAX_RENDERED];
+        // Taken out of `self` so a full buffer can be written mid-loop.
+        let mut scratch = std::mem::take(&mut self.note);
         let note: &[u8] = match payload {
             Some(p) => {
-                self.note.clear();
-                self.note.extend_from_slice(p);
-                self.note.extend_from_slice(b"\r\n");
-                &self.note
+                scratch.clear();
+                scratch.extend_from_slice(p);
+                scratch.extend_from_slice(b"\r\n");
+                &scratch
             }
             None => {
                 let n = ev.render(&mut rendered);
@@ -206,13 +215,20 @@ impl Server {
             }
         };
         let limit = self.cfg.client_buffer_limit;
-        for &key in &self.recipients {
+        for i in 0..self.recipients.len() {
+            let key = self.recipients[i];
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
             if conn.closing {
                 continue;
             }
+            if conn.out.pending() + note.len() > WRITE_AT && !conn.blocked {
+                self.write_out(key, now);
+            }
+            let Some(conn) = self.conns.get_mut(key).filter(|c| !c.closing) else {
+                continue;
+            };
             if conn.out.pending() == 0 {
                 conn.stalled_since = now;
                 self.with_output += 1;
@@ -229,6 +245,7 @@ impl Server {
                 self.over_limit += 1;
             }
         }
+        self.note = scratch;
     }
 
     pub(super) fn skipped(&mut self, from: u64, through: u64, now: Instant) {
