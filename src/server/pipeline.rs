@@ -70,7 +70,12 @@ impl Server {
     fn next_line(&mut self, budget: &mut usize, now: Instant) -> Option<Taken> {
         let mut idle = 0;
         while idle < self.sources.len() {
-            let i = self.next_source % self.sources.len();
+            // Wrapped by comparison, not `%`: a division per line costs more than the rest
+            // of this loop.
+            if self.next_source >= self.sources.len() {
+                self.next_source = 0;
+            }
+            let i = self.next_source;
             let src = &mut self.sources[i];
             if let Some(line) = src.lines.next_line() {
                 return Some(take(line, &mut self.raw));
