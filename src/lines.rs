@@ -74,7 +74,7 @@ impl LineSplitter {
     /// The next complete line, or `None` when more bytes are needed.
     pub fn next_line(&mut self) -> Option<Line<'_>> {
         let pending = &self.buf[self.start..self.end];
-        let Some(i) = memchr::memchr(b'\n', pending) else {
+        let Some(i) = find_newline(pending) else {
             // `cap + 1` bytes may still be a longest payload waiting for the `\n` of its
             // `\r\n`; past that the line is over-long whatever follows.
             if pending.len() > self.cap + 1 {
@@ -117,9 +117,50 @@ impl LineSplitter {
     }
 }
 
+/// The first `\n` in `hay`, eight bytes per step (SWAR). Event lines are ~20 bytes, so a
+/// library search's per-call setup costs more than the search itself.
+#[inline]
+fn find_newline(hay: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const NEWLINES: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let mut at = 0;
+    while let Some(chunk) = hay[at..].first_chunk::<8>() {
+        let x = u64::from_le_bytes(*chunk) ^ NEWLINES;
+        // A zero byte of `x` is a `\n`; the lowest flagged byte is always a real one.
+        let found = x.wrapping_sub(ONES) & !x & HIGHS;
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    hay[at..].iter().position(|&b| b == b'\n').map(|i| at + i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_newline_matches_a_plain_search() {
+        // Bytes around 0x0a and 0x01/0x80 are where a SWAR search would go wrong.
+        let tricky = [0x0a, 0x0b, 0x09, 0x01, 0x00, 0x8a, 0x80, 0xff, b'1', b'|'];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for len in 0..48 {
+            for _ in 0..200 {
+                let hay: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        tricky[(x % tricky.len() as u64) as usize]
+                    })
+                    .collect();
+                let want = hay.iter().position(|&b| b == b'\n');
+                assert_eq!(find_newline(&hay), want, "{hay:?}");
+            }
+        }
+    }
 
     #[derive(Debug, PartialEq, Eq, Clone)]
     enum Item {
