@@ -56,42 +56,40 @@ pub const MAX_RENDERED: usize = 20 + 3 + 20 + 1 + 20 + 2;
 
 /// Parses one payload (terminator already stripped), in one pass over its bytes.
 pub fn parse(line: &[u8]) -> Result<Event, ParseError> {
-    let (seq, mut pos) = scan(line, 0);
-    let seq = match seq {
+    let (seq, n) = digits(line);
+    let seq = match field_value(line, seq, n) {
         Some(seq) if seq >= 1 => seq,
         _ => return Err(ParseError::Junk),
     };
     let noop = |why| Err(ParseError::NoOp { seq, why });
-    let mut canonical = is_canonical(&line[..pos]);
+    let mut canonical = is_canonical(line, n);
     // The type: exactly one byte between two separators (or the end).
-    let tag = pos + 1;
-    if tag >= line.len() || line.get(tag + 1).is_some_and(|&b| b != b'|') {
-        return noop(Malformed::UnknownType);
-    }
-    let (kind, wanted) = match line[tag] {
-        b'F' => (Kind::Follow, 2),
-        b'U' => (Kind::Unfollow, 2),
-        b'B' => (Kind::Broadcast, 0),
-        b'P' => (Kind::Private, 2),
-        b'S' => (Kind::Status, 1),
+    let (kind, wanted, mut rest) = match &line[n..] {
+        [b'|', tag, rest @ ..] if matches!(rest.first(), None | Some(b'|')) => match tag {
+            b'F' => (Kind::Follow, 2, rest),
+            b'U' => (Kind::Unfollow, 2, rest),
+            b'B' => (Kind::Broadcast, 0, rest),
+            b'P' => (Kind::Private, 2, rest),
+            b'S' => (Kind::Status, 1, rest),
+            _ => return noop(Malformed::UnknownType),
+        },
         _ => return noop(Malformed::UnknownType),
     };
-    pos = tag + 1;
     let mut ids = [0u64; 2];
     let mut count = 0;
-    // Invariant: `pos` is at a `|` (another field follows) or at the end.
-    while pos < line.len() {
+    // Invariant: `rest` is empty or starts with the `|` before another field.
+    while let [_, field @ ..] = rest {
         if count == wanted {
             return noop(Malformed::FieldCount);
         }
-        let (id, end) = scan(line, pos + 1);
-        match id {
-            Some(id) => ids[count] = id,
-            None => return noop(Malformed::BadId),
-        }
-        canonical &= is_canonical(&line[pos + 1..end]);
+        let (id, n) = digits(field);
+        let Some(id) = field_value(field, id, n) else {
+            return noop(Malformed::BadId);
+        };
+        ids[count] = id;
+        canonical &= is_canonical(field, n);
         count += 1;
-        pos = end;
+        rest = &field[n..];
     }
     if count != wanted {
         return noop(Malformed::FieldCount);
@@ -105,33 +103,59 @@ pub fn parse(line: &[u8]) -> Result<Event, ParseError> {
     })
 }
 
-/// Reads the field from `start` to the next `|` or the end: its value if it is a decimal
-/// u64, and where it ends.
+/// The leading ASCII digits of `bytes`: their value (wrapped past 19 digits) and count.
 #[inline(always)]
-fn scan(line: &[u8], start: usize) -> (Option<u64>, usize) {
-    let field = &line[start..];
-    let mut value = 0u64;
-    let mut n = 0;
-    while n < field.len() {
-        let digit = field[n].wrapping_sub(b'0');
+fn digits(bytes: &[u8]) -> (u64, usize) {
+    let (mut value, mut n) = (0u64, 0);
+    if let Some(chunk) = bytes.first_chunk::<8>() {
+        (value, n) = digits8(*chunk);
+        if n < 8 {
+            return (value, n);
+        }
+    }
+    for &b in &bytes[n..] {
+        let digit = b.wrapping_sub(b'0');
         if digit > 9 {
             break;
         }
         value = value.wrapping_mul(10).wrapping_add(u64::from(digit));
         n += 1;
     }
-    if n < field.len() && field[n] != b'|' {
-        // A stray byte: the field is invalid; find where it ends.
-        let end = field.iter().position(|&b| b == b'|').unwrap_or(field.len());
-        return (None, start + end);
+    (value, n)
+}
+
+/// The leading ASCII digits of `chunk`, eight at a time (SWAR): value and count.
+#[inline(always)]
+fn digits8(chunk: [u8; 8]) -> (u64, usize) {
+    const LANES: u64 = u64::from_ne_bytes([1; 8]);
+    let x = u64::from_le_bytes(chunk).wrapping_sub(b'0' as u64 * LANES);
+    // A byte is not a digit if it is now over 9: +0x76 sets its high bit, or it was set.
+    // Carries and borrows only leave a non-digit byte, so the first one is exact.
+    let flags = (x.wrapping_add(0x76 * LANES) | x) & (0x80 * LANES);
+    let n = (flags.trailing_zeros() / 8) as usize;
+    if n == 0 {
+        return (0, 0);
+    }
+    // The n digits to the top bytes, then pairs, quads, octets combined.
+    let v = x << (8 * (8 - n));
+    let v = (v.wrapping_mul(10).wrapping_add(v >> 8)) & 0x00FF_00FF_00FF_00FF;
+    let v = (v.wrapping_mul(100).wrapping_add(v >> 16)) & 0x0000_FFFF_0000_FFFF;
+    let v = (v.wrapping_mul(10000).wrapping_add(v >> 32)) & 0xFFFF_FFFF;
+    (v, n)
+}
+
+/// The value of a field that starts `bytes` and whose first `n` bytes are digits
+/// (`value` as [`digits`] read it), if the field is a decimal u64 ending at `|` or the end.
+#[inline(always)]
+fn field_value(bytes: &[u8], value: u64, n: usize) -> Option<u64> {
+    if n == 0 || !matches!(bytes.get(n), None | Some(b'|')) {
+        return None;
     }
     // Up to 19 digits cannot overflow; longer fields (leading zeros) take the checked path.
-    let value = if n > 19 {
-        number(&field[..n])
-    } else {
-        Some(value)
-    };
-    ((n > 0).then_some(value).flatten(), start + n)
+    if n > 19 {
+        return number(&bytes[..n]);
+    }
+    Some(value)
 }
 
 /// A decimal u64: one or more ASCII digits, no sign, no overflow.
@@ -161,9 +185,10 @@ pub fn number(field: &[u8]) -> Option<u64> {
     })
 }
 
-/// Rendering the number gives back these exact bytes (no leading zeros).
-fn is_canonical(field: &[u8]) -> bool {
-    field.len() == 1 || field.first() != Some(&b'0')
+/// Rendering the `n`-digit number that starts `field` gives back its exact bytes (no
+/// leading zeros).
+fn is_canonical(field: &[u8], n: usize) -> bool {
+    n == 1 || field.first() != Some(&b'0')
 }
 
 impl Event {
@@ -374,6 +399,36 @@ mod tests {
             for v in [v, x, x >> 20] {
                 let mut buf = [0u8; 20];
                 assert_eq!(decimal(v, &mut buf), v.to_string().as_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn digits_match_a_plain_loop() {
+        // Bytes next to '0' and '9', and ones that carry or borrow in a SWAR lane.
+        let alphabet = b"0123456789/:|\x00\xff\x80\x7fa";
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..30 {
+            for _ in 0..300 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        // Mostly digits, so long runs occur.
+                        let i = (x % 40) as usize;
+                        if i < 30 {
+                            b'0' + (i % 10) as u8
+                        } else {
+                            alphabet[10 + (i - 30) % 8]
+                        }
+                    })
+                    .collect();
+                let n = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+                let value = bytes[..n].iter().fold(0u64, |v, &b| {
+                    v.wrapping_mul(10).wrapping_add(u64::from(b - b'0'))
+                });
+                assert_eq!(digits(&bytes), (value, n), "{bytes:?}");
             }
         }
     }
