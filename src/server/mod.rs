@@ -48,7 +48,7 @@ const WRITE_AT: usize = 8 * 1024;
 /// Client input discarded per connection per turn, so a chatty client cannot hog the loop.
 const CLIENT_READ_BUDGET: usize = 64 * 1024;
 /// Initial reorder window slots.
-const INITIAL_WINDOW: usize = 1024;
+const INITIAL_WINDOW: usize = 64;
 /// Pending output above which, once drained again, freed heap memory is handed back to
 /// the OS (a burst must not leave the process at its peak size).
 const TRIM_AFTER: usize = 1 << 20;
