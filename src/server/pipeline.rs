@@ -228,11 +228,14 @@ impl Server {
             if conn.closing {
                 continue;
             }
-            if conn.out.pending() + note.len() > WRITE_AT && !conn.blocked {
+            let conn = if conn.out.pending() + note.len() > WRITE_AT && !conn.blocked {
                 self.write_out(key, now);
-            }
-            let Some(conn) = self.conns.get_mut(key).filter(|c| !c.closing) else {
-                continue;
+                match self.conns.get_mut(key) {
+                    Some(conn) if !conn.closing => conn,
+                    _ => continue,
+                }
+            } else {
+                conn
             };
             if conn.out.pending() == 0 {
                 conn.stalled_since = now;
