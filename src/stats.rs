@@ -14,6 +14,8 @@ pub struct Counters {
     pub notifications: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// `write` calls to client sockets (so `bytes_out / writes` is the batch size).
+    pub writes: u64,
     pub junk_lines: u64,
     pub overlong_lines: u64,
     pub noop_events: u64,
@@ -37,6 +39,7 @@ impl Counters {
             notifications,
             bytes_in,
             bytes_out,
+            writes,
             junk_lines,
             overlong_lines,
             noop_events,
@@ -54,7 +57,7 @@ impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "events_in={} delivered={} notifications={} bytes_in={} bytes_out={} junk={} \
+            "events_in={} delivered={} notifications={} bytes_in={} bytes_out={} writes={} junk={} \
              overlong={} noop={} late_or_dup={} skipped={} clients_connected={} \
              clients_rejected={} clients_stalled={} clients_bad_id={}",
             self.events_received,
@@ -62,6 +65,7 @@ impl fmt::Display for Counters {
             self.notifications,
             self.bytes_in,
             self.bytes_out,
+            self.writes,
             self.junk_lines,
             self.overlong_lines,
             self.noop_events,

@@ -461,3 +461,65 @@ fn sigint_stops_it_like_sigterm() {
     assert_eq!(status.code(), Some(0));
     s.wait_log("final stats:");
 }
+
+/// Shrinks a socket's receive buffer, so a peer that never reads fills it quickly.
+fn set_rcvbuf(stream: &TcpStream, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &bytes as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+}
+
+/// A counter from the final stats line in `log`.
+fn final_counter(log: &str, name: &str) -> u64 {
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("final stats:"))
+        .unwrap_or_else(|| panic!("no final stats in {log}"));
+    let field = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in {line}"));
+    field.parse().unwrap()
+}
+
+#[test]
+fn writes_are_batched_and_a_full_socket_is_not_retried_per_notification() {
+    let s = Server::start(&[
+        "--client-buffer-limit",
+        "1048576",
+        "--stall-timeout-ms",
+        "1000",
+    ]);
+    let mut reader = clients(&s, &[1]).remove(0);
+    // A client that never reads: once the kernel holds what it will (a few MB on
+    // loopback), up to 1 MiB of notifications (~10,000) piles up in its buffer before
+    // backpressure, and it is dropped as stalled.
+    let stuck = TcpStream::connect(s.clients).unwrap();
+    set_rcvbuf(&stuck, 4096);
+    (&stuck).write_all(b"2\r\n").unwrap();
+    s.wait_count(" identified as user ", 2);
+    const N: u64 = 100_000; // 10 MB to each client
+    let line = |seq: u64| format!("{seq:0>98}|B");
+    let reading = std::thread::spawn(move || reader.read_lines(N as usize));
+    let mut src = s.source();
+    let lines: String = (1..=N).map(|seq| line(seq) + "\r\n").collect();
+    src.write_all(lines.as_bytes()).unwrap();
+    let got = reading.join().unwrap();
+    assert_eq!(got.last(), Some(&line(N)));
+    s.wait_log("took no bytes for 1s");
+    let (_, log) = s.terminate();
+    let bytes = final_counter(&log, "bytes_out");
+    let writes = final_counter(&log, "writes");
+    // About one write per 8 KiB to the reader and a few to the stuck client; retrying its
+    // full socket per notification would add ~10,000.
+    assert!(bytes > 12_000_000, "{log}");
+    assert!(writes < bytes / 4096, "writes={writes} bytes_out={bytes}");
+}

@@ -304,6 +304,9 @@ impl Server {
             return;
         }
         let offered = conn.out.pending();
+        if offered > 0 {
+            self.stats.writes += 1;
+        }
         match conn.out.write_to(&mut conn.stream) {
             Ok(n) => {
                 self.stats.bytes_out += n as u64;
