@@ -8,7 +8,7 @@
 //! once as [`Line::TooLong`], so the buffer never grows past `cap + read chunk`.
 
 /// One item taken from the splitter.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Line<'a> {
     /// A complete payload, terminator stripped.
     Full(&'a [u8]),
