@@ -55,6 +55,7 @@ pub enum Malformed {
 pub const MAX_RENDERED: usize = 20 + 3 + 20 + 1 + 20 + 2;
 
 /// Parses one payload (terminator already stripped), in one pass over its bytes.
+#[inline(always)]
 pub fn parse(line: &[u8]) -> Result<Event, ParseError> {
     let (seq, n) = digits(line);
     let seq = match field_value(line, seq, n) {
