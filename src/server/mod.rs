@@ -7,7 +7,8 @@
 //!    freed memory back after a burst;
 //! 3. pump: source bytes -> lines -> events -> window -> router -> client buffers, until
 //!    the sources have nothing more, the turn's read budget is spent, or pending output
-//!    is over a limit (backpressure);
+//!    is over a limit (backpressure); a client buffer about to pass `WRITE_AT` is
+//!    written on the spot, so buffers stay small however long the turn;
 //! 4. flush: one `write` per connection that got output this turn;
 //! 5. reap: connections flagged for closing during the turn are removed (never in the
 //!    middle of a dispatch, so no key goes stale under anyone's feet).
