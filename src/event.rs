@@ -264,6 +264,7 @@ pub fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::Rng;
 
     fn ev(seq: u64, kind: Kind, from: u64, to: u64) -> Result<Event, ParseError> {
         Ok(Event {
@@ -407,22 +408,15 @@ mod tests {
     #[test]
     fn digits_match_a_plain_loop() {
         // Bytes next to '0' and '9', and ones that carry or borrow in a SWAR lane.
-        let alphabet = b"0123456789/:|\x00\xff\x80\x7fa";
-        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let odd = *b"/:|\x00\xff\x80\x7fa";
+        let mut rng = Rng(3);
         for len in 0..30 {
             for _ in 0..300 {
+                // Mostly digits, so long runs occur.
                 let bytes: Vec<u8> = (0..len)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        // Mostly digits, so long runs occur.
-                        let i = (x % 40) as usize;
-                        if i < 30 {
-                            b'0' + (i % 10) as u8
-                        } else {
-                            alphabet[10 + (i - 30) % 8]
-                        }
+                    .map(|_| match rng.next() % 4 {
+                        0 => rng.pick(&odd),
+                        _ => b'0' + (rng.next() % 10) as u8,
                     })
                     .collect();
                 let n = bytes.iter().take_while(|b| b.is_ascii_digit()).count();

@@ -21,6 +21,8 @@ pub mod outbuf;
 pub mod router;
 pub mod server;
 pub mod stats;
+#[cfg(test)]
+mod test_rng;
 pub mod window;
 
 pub use config::Config;

@@ -140,22 +140,16 @@ fn find_newline(hay: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::Rng;
 
     #[test]
     fn find_newline_matches_a_plain_search() {
         // Bytes around 0x0a and 0x01/0x80 are where a SWAR search would go wrong.
         let tricky = [0x0a, 0x0b, 0x09, 0x01, 0x00, 0x8a, 0x80, 0xff, b'1', b'|'];
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rng = Rng(1);
         for len in 0..48 {
             for _ in 0..200 {
-                let hay: Vec<u8> = (0..len)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        tricky[(x % tricky.len() as u64) as usize]
-                    })
-                    .collect();
+                let hay: Vec<u8> = (0..len).map(|_| rng.pick(&tricky)).collect();
                 let want = hay.iter().position(|&b| b == b'\n');
                 assert_eq!(find_newline(&hay), want, "{hay:?}");
             }
@@ -325,13 +319,8 @@ mod tests {
 
     #[test]
     fn random_streams_match_the_reference() {
-        let mut x: u64 = 0x9e3779b97f4a7c15;
-        let mut rnd = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = Rng(2);
+        let mut rnd = move || rng.next();
         for _ in 0..300 {
             let len = (rnd() % 200) as usize;
             let input: Vec<u8> = (0..len)

@@ -245,6 +245,7 @@ fn ring_size(n: u64) -> usize {
 mod tests {
     use super::*;
     use crate::event::Kind;
+    use crate::test_rng::Rng;
 
     fn ev(seq: u64) -> Event {
         Event {
@@ -266,23 +267,6 @@ mod tests {
             }
         }
         (got, skipped)
-    }
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            // splitmix64
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        fn shuffle<T>(&mut self, v: &mut [T]) {
-            for i in (1..v.len()).rev() {
-                v.swap(i, (self.next() % (i as u64 + 1)) as usize);
-            }
-        }
     }
 
     #[test]

@@ -364,7 +364,6 @@ fn bind_address_is_honoured() {
 
 #[test]
 fn connections_reset_before_accept_strand_no_one() {
-    use std::os::fd::AsRawFd;
     let s = Server::start(&[]);
     // Abortive closes (RST) while still in the accept queue.
     for _ in 0..50 {
@@ -373,16 +372,7 @@ fn connections_reset_before_accept_strand_no_one() {
             l_onoff: 1,
             l_linger: 0,
         };
-        let rc = unsafe {
-            libc::setsockopt(
-                c.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                &linger as *const libc::linger as *const libc::c_void,
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0);
+        set_socket_option(&c, libc::SO_LINGER, &linger);
         drop(c);
     }
     let mut good = clients(&s, &[3]);
@@ -462,16 +452,16 @@ fn sigint_stops_it_like_sigterm() {
     s.wait_log("final stats:");
 }
 
-/// Shrinks a socket's receive buffer, so a peer that never reads fills it quickly.
-fn set_rcvbuf(stream: &TcpStream, bytes: libc::c_int) {
+/// Sets a SOL_SOCKET option on `stream`.
+fn set_socket_option<T>(stream: &TcpStream, name: libc::c_int, value: &T) {
     use std::os::fd::AsRawFd;
     let rc = unsafe {
         libc::setsockopt(
             stream.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &bytes as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            name,
+            value as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     assert_eq!(rc, 0);
@@ -503,7 +493,7 @@ fn writes_are_batched_and_a_full_socket_is_not_retried_per_notification() {
     // loopback), up to 1 MiB of notifications (~10,000) piles up in its buffer before
     // backpressure, and it is dropped as stalled.
     let stuck = TcpStream::connect(s.clients).unwrap();
-    set_rcvbuf(&stuck, 4096);
+    set_socket_option(&stuck, libc::SO_RCVBUF, &4096);
     (&stuck).write_all(b"2\r\n").unwrap();
     s.wait_count(" identified as user ", 2);
     const N: u64 = 100_000; // 10 MB to each client

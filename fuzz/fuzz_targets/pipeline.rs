@@ -1,10 +1,11 @@
 //! Fuzzes the pure pipeline with arbitrary bytes: splitter (cut into reads of sizes the
 //! input chooses) -> parser -> reorder window (small max, random gap skips) -> pops.
 //! Checks, beyond "no panic": every seq leaves the window at most once and in order, the
-//! ring never exceeds its bound, and the splitter's buffer stays bounded.
+//! ring never exceeds its bound, the splitter's buffer stays bounded, and the parser agrees
+//! with a naive one built on `split` and `str::parse`.
 #![no_main]
 
-use follower_maze::event::{parse, Event, ParseError};
+use follower_maze::event::{parse, Event, Kind, Malformed, ParseError};
 use follower_maze::lines::{Line, LineSplitter};
 use follower_maze::window::{Insert, Pop, ReorderWindow};
 use libfuzzer_sys::fuzz_target;
@@ -50,6 +51,51 @@ impl Checker {
     }
 }
 
+/// SPEC.md's parsing rules, the slow and obvious way.
+fn reference(line: &[u8]) -> Result<Event, ParseError> {
+    let fields: Vec<&[u8]> = line.split(|&b| b == b'|').collect();
+    let num = |f: &[u8]| -> Option<u64> {
+        if f.is_empty() || !f.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(f).ok()?.parse().ok()
+    };
+    let canonical = |f: &[u8]| f.len() == 1 || f[0] != b'0';
+    let seq = match num(fields[0]) {
+        Some(seq) if seq >= 1 => seq,
+        _ => return Err(ParseError::Junk),
+    };
+    let noop = |why| Err(ParseError::NoOp { seq, why });
+    let (kind, wanted) = match fields.get(1).copied() {
+        Some(b"F") => (Kind::Follow, 2),
+        Some(b"U") => (Kind::Unfollow, 2),
+        Some(b"B") => (Kind::Broadcast, 0),
+        Some(b"P") => (Kind::Private, 2),
+        Some(b"S") => (Kind::Status, 1),
+        _ => return noop(Malformed::UnknownType),
+    };
+    let ids = &fields[2..];
+    for (k, f) in ids.iter().enumerate() {
+        if k == wanted {
+            return noop(Malformed::FieldCount);
+        }
+        if num(f).is_none() {
+            return noop(Malformed::BadId);
+        }
+    }
+    if ids.len() != wanted {
+        return noop(Malformed::FieldCount);
+    }
+    let id = |k: usize| ids.get(k).and_then(|f| num(f)).unwrap_or(0);
+    Ok(Event {
+        seq,
+        kind,
+        from: id(0),
+        to: id(1),
+        canonical: canonical(fields[0]) && ids.iter().all(|f| canonical(f)),
+    })
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, data)) = data.split_first() else { return };
     let chunk = 1 + (cut as usize % 64);
@@ -65,6 +111,7 @@ fuzz_target!(|data: &[u8]| {
         while let Some(line) = lines.next_line() {
             let Line::Full(l) = line else { continue };
             let raw = l.to_vec();
+            assert_eq!(parse(&raw), reference(&raw), "{:?}", String::from_utf8_lossy(&raw));
             match parse(&raw) {
                 Ok(ev) => c.offer(ev, &raw),
                 Err(ParseError::NoOp { seq, .. }) => c.offer(Event::noop(seq), &raw),
