@@ -135,7 +135,8 @@ impl Router {
 /// following thousands costs no linear scans.
 enum Followees {
     Few(Vec<u64>),
-    Many(HashSet<u64>),
+    /// Boxed: rare, and unboxed it would make every map entry 16 bytes larger.
+    Many(Box<HashSet<u64>>),
 }
 
 const FEW: usize = 32;
@@ -158,7 +159,7 @@ impl Followees {
             Followees::Few(list) => {
                 let mut set: HashSet<u64> = list.drain(..).collect();
                 set.insert(id);
-                *self = Followees::Many(set);
+                *self = Followees::Many(Box::new(set));
                 true
             }
             Followees::Many(set) => set.insert(id),
