@@ -510,6 +510,6 @@ fn writes_are_batched_and_a_full_socket_is_not_retried_per_notification() {
     let writes = final_counter(&log, "writes");
     // About one write per 8 KiB to the reader and a few to the stuck client; retrying its
     // full socket per notification would add ~10,000.
-    assert!(bytes > 12_000_000, "{log}");
+    assert!(bytes > N * 100, "the reader's 10 MB at least: {log}");
     assert!(writes < bytes / 4096, "writes={writes} bytes_out={bytes}");
 }
