@@ -264,7 +264,7 @@ pub fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_rng::Rng;
+    use crate::rng::Rng;
 
     fn ev(seq: u64, kind: Kind, from: u64, to: u64) -> Result<Event, ParseError> {
         Ok(Event {
@@ -409,14 +409,14 @@ mod tests {
     fn digits_match_a_plain_loop() {
         // Bytes next to '0' and '9', and ones that carry or borrow in a SWAR lane.
         let odd = *b"/:|\x00\xff\x80\x7fa";
-        let mut rng = Rng(3);
+        let mut rng = Rng::new(3);
         for len in 0..30 {
             for _ in 0..300 {
                 // Mostly digits, so long runs occur.
                 let bytes: Vec<u8> = (0..len)
-                    .map(|_| match rng.next() % 4 {
+                    .map(|_| match rng.below(4) {
                         0 => rng.pick(&odd),
-                        _ => b'0' + (rng.next() % 10) as u8,
+                        _ => b'0' + rng.below(10) as u8,
                     })
                     .collect();
                 let n = bytes.iter().take_while(|b| b.is_ascii_digit()).count();

@@ -18,11 +18,10 @@ pub mod conn;
 pub mod event;
 pub mod lines;
 pub mod outbuf;
+pub mod rng;
 pub mod router;
 pub mod server;
 pub mod stats;
-#[cfg(test)]
-mod test_rng;
 pub mod window;
 
 pub use config::Config;

@@ -364,13 +364,8 @@ mod tests {
     }
 
     fn brute_force(from_range: u64, to_range: u64) {
-        let mut x = 12345u64;
-        let mut rnd = move |n: u64| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (x >> 33) % n
-        };
+        let mut rng = crate::rng::Rng::new(12345);
+        let mut rnd = move |n: u64| rng.below(n);
         let mut r = Router::new();
         let mut edges: Vec<(u64, u64)> = Vec::new();
         let mut conns: Vec<(u64, ConnId)> = Vec::new();

@@ -245,7 +245,7 @@ fn ring_size(n: u64) -> usize {
 mod tests {
     use super::*;
     use crate::event::Kind;
-    use crate::test_rng::Rng;
+    use crate::rng::Rng;
 
     fn ev(seq: u64) -> Event {
         Event {
@@ -272,8 +272,8 @@ mod tests {
     #[test]
     fn random_permutations_come_out_sorted() {
         for seed in 0..200 {
-            let mut rng = Rng(seed);
-            let n = 1 + rng.next() % 3000;
+            let mut rng = Rng::new(seed);
+            let n = 1 + rng.below(3000);
             let mut seqs: Vec<u64> = (1..=n).collect();
             rng.shuffle(&mut seqs);
             let mut w = ReorderWindow::new(4, 1 << 20);
@@ -461,12 +461,12 @@ mod tests {
         // Model: every seq up to the last one out is delivered or skipped exactly once, in
         // order, and the ring never exceeds max.
         for seed in 0..100 {
-            let mut rng = Rng(seed);
-            let max = 1 + rng.next() % 64;
+            let mut rng = Rng::new(seed);
+            let max = 1 + rng.below(64);
             let mut w = ReorderWindow::new(2, max);
             let (mut prev, mut accounted, mut stored) = (0u64, 0u64, 0u64);
             for _ in 0..500 {
-                let s = w.next_seq() + rng.next() % (max + max / 2 + 1);
+                let s = w.next_seq() + rng.below(max + max / 2 + 1);
                 match w.insert(ev(s), b"") {
                     Insert::TooFar => {
                         w.make_room_for(s);
@@ -481,7 +481,7 @@ mod tests {
                     Insert::Duplicate => {}
                     Insert::Late => panic!("never generated"),
                 }
-                if rng.next().is_multiple_of(10) {
+                if rng.below(10) == 0 {
                     if let Some(p) = w.skip_gap() {
                         account(p, &mut prev, &mut accounted);
                     }

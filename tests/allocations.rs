@@ -65,7 +65,7 @@ fn start_in_process() -> (SocketAddr, SocketAddr) {
 #[test]
 fn steady_state_costs_no_allocation_per_event_or_notification() {
     let (events, clients) = start_in_process();
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let users: Vec<u64> = (1..=20).collect();
     // One stream, sent in two phases: warm-up, then the measured 100,000 events.
     let all = random_events(&mut rng, 130_000, 40);

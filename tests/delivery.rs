@@ -215,7 +215,7 @@ fn a_gap_is_skipped_after_the_gap_timeout() {
 #[test]
 fn a_shuffled_stream_of_200k_events_reaches_100_clients_complete_and_in_order() {
     let s = Server::start(&[]);
-    let mut rng = Rng(2026);
+    let mut rng = Rng::new(2026);
     let users: Vec<u64> = (1..=100).map(|u| u * 3).collect(); // 100 of 300 users connected
     let events = random_events(&mut rng, 200_000, 300);
     let want = expected(&events, &users);
