@@ -131,18 +131,8 @@ where
                 }
             }
             "--gap-timeout-ms" => c.gap_timeout = millis(&value()?, &flag)?,
-            "--client-buffer-limit" => {
-                c.client_buffer_limit = number(&value()?, &flag)?;
-                if c.client_buffer_limit == 0 {
-                    return Err("--client-buffer-limit must be at least 1".into());
-                }
-            }
-            "--total-buffer-limit" => {
-                c.total_buffer_limit = number(&value()?, &flag)?;
-                if c.total_buffer_limit == 0 {
-                    return Err("--total-buffer-limit must be at least 1".into());
-                }
-            }
+            "--client-buffer-limit" => c.client_buffer_limit = positive(&value()?, &flag)?,
+            "--total-buffer-limit" => c.total_buffer_limit = positive(&value()?, &flag)?,
             "--stall-timeout-ms" => c.stall_timeout = required_millis(&value()?, &flag)?,
             "--auth-timeout-ms" => c.auth_timeout = required_millis(&value()?, &flag)?,
             "--max-clients" => c.max_clients = number(&value()?, &flag)?,
@@ -163,6 +153,13 @@ fn number<T: std::str::FromStr>(v: &str, name: &str) -> Result<T, String> {
     v.trim()
         .parse()
         .map_err(|_| format!("invalid value '{v}' for {name}: expected a whole number in range"))
+}
+
+fn positive(v: &str, name: &str) -> Result<usize, String> {
+    match number(v, name)? {
+        0 => Err(format!("{name} must be at least 1")),
+        n => Ok(n),
+    }
 }
 
 /// Milliseconds where 0 means "never".
