@@ -4,8 +4,8 @@
 
 use super::*;
 
+/// The session in progress (its number is the server's `sessions` count).
 pub(super) struct Session {
-    pub(super) number: u64,
     pub(super) started: Instant,
     pub(super) at_start: Counters,
 }
@@ -19,7 +19,6 @@ impl Server {
             self.window.next_seq()
         );
         self.session = Some(Session {
-            number: self.sessions,
             started: now,
             at_start: self.stats,
         });
@@ -57,7 +56,7 @@ impl Server {
         if let Some(s) = self.session.take() {
             info!(
                 "session {} ended after {:.3}s: {}",
-                s.number,
+                self.sessions,
                 now.duration_since(s.started).as_secs_f64(),
                 self.stats.since(&s.at_start)
             );
