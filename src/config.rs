@@ -269,6 +269,8 @@ mod tests {
             &["--bind", "nowhere"],
             &["--max-window", "0"],
             &["--auth-timeout-ms", "0"],
+            &["--client-buffer-limit", "0"],
+            &["--total-buffer-limit", "0"],
             &["--frobnicate"],
             &["--keep-state=yes"],
             &["--event-port", "5", "--client-port", "5"],
