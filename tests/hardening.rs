@@ -513,3 +513,21 @@ fn writes_are_batched_and_a_full_socket_is_not_retried_per_notification() {
     assert!(bytes > N * 100, "the reader's 10 MB at least: {log}");
     assert!(writes < bytes / 4096, "writes={writes} bytes_out={bytes}");
 }
+
+#[test]
+fn a_client_that_keeps_up_is_written_every_8_kib_not_once_per_turn() {
+    let s = Server::start(&[]);
+    let mut c = clients(&s, &[1]).remove(0);
+    const N: u64 = 10_000; // 10 MB, sent in 256 KiB writes: turns read up to 512 KiB
+    let _source = stream_fat(&s, N);
+    read_fat(&mut c, N, None);
+    let (_, log) = s.terminate();
+    let bytes = final_counter(&log, "bytes_out");
+    let writes = final_counter(&log, "writes");
+    assert!(bytes >= N * 1000, "{log}");
+    // Once per turn would be writes of up to ~512 KiB; a buffer is written when full.
+    assert!(
+        writes * 16 * 1024 >= bytes,
+        "writes={writes} bytes_out={bytes}: average write over 16 KiB"
+    );
+}
