@@ -18,6 +18,7 @@ pub mod conn;
 pub mod event;
 pub mod lines;
 pub mod outbuf;
+pub mod procfs;
 pub mod rng;
 pub mod router;
 pub mod server;

@@ -123,12 +123,7 @@ impl Server {
 
     /// The server's CPU time (user + system) so far.
     pub fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let f: Vec<&str> = rest.split(' ').collect();
-        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-        Duration::from_millis(ticks * 1000 / hz)
+        follower_maze::procfs::cpu_time(self.pid()).expect("server CPU time from /proc")
     }
 }
 
@@ -140,15 +135,7 @@ impl Drop for Server {
 }
 
 pub fn proc_rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let field = |name| follower_maze::procfs::status_kib(pid, name).unwrap_or(0);
     (field("VmHWM:"), field("VmRSS:"))
 }
 

@@ -10,6 +10,7 @@ mod model;
 mod source;
 mod verify;
 
+use follower_maze::procfs;
 use gen::{Gen, GenConfig, Rng};
 use model::Model;
 use std::io::{Read, Write};
@@ -221,7 +222,7 @@ fn main() -> ExitCode {
         summary += &format!(
             " server_cpu_s={:.2} server_peak_rss_kib={}",
             proc_cpu_s(&pid).unwrap_or(f64::NAN),
-            proc_status_kib(&pid, "VmHWM:").unwrap_or(0)
+            procfs::status_kib(&pid, "VmHWM:").unwrap_or(0)
         );
     }
     println!("{summary}");
@@ -476,7 +477,7 @@ fn rss_sampler(pid: u32) -> std::sync::mpsc::Sender<()> {
             log::info!(
                 "rss_sample t={:.0}s rss_kib={} cpu_s={:.2}",
                 start.elapsed().as_secs_f64(),
-                proc_status_kib(&pid, "VmRSS:").unwrap_or(0),
+                procfs::status_kib(&pid, "VmRSS:").unwrap_or(0),
                 proc_cpu_s(&pid).unwrap_or(0.0)
             );
             if rx.recv_timeout(Duration::from_secs(1)).is_ok() {
@@ -487,22 +488,7 @@ fn rss_sampler(pid: u32) -> std::sync::mpsc::Sender<()> {
     tx
 }
 
-/// utime + stime of `/proc/<pid>` in seconds (USER_HZ is 100 on Linux).
+/// CPU seconds of process `pid` (a number, or `self`).
 fn proc_cpu_s(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
-}
-
-fn proc_status_kib(pid: &str, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    procfs::cpu_time(pid).map(|t| t.as_secs_f64())
 }
