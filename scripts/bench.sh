@@ -58,7 +58,8 @@ for w in "${workloads[@]}"; do
     eventListenerPort=$EPORT clientListenerPort=$CPORT bash -c "exec $SERVER_CMD" 2>"$log" &
     pid=$!
     wait_port "$EPORT" && wait_port "$CPORT"
-    summary=$(env $envs eventListenerPort=$EPORT clientListenerPort=$CPORT logLevel=warn \
+    level=warn; [ "$w" = soak ] && level=info # the soak's RSS samples are info lines
+    summary=$(env $envs eventListenerPort=$EPORT clientListenerPort=$CPORT logLevel=$level \
       ./target/release/maze-sim --server-pid "$pid" 2>>"$log.sim" | tail -n 1) || true
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
@@ -70,6 +71,11 @@ for w in "${workloads[@]}"; do
     row "${r[@]}"
     rows+=("${r[*]}")
     [ "$(field result "$summary")" = pass ] || { echo "--- maze-sim:"; tail -5 "$log.sim"; }
+    if [ "$w" = soak ]; then
+      # The samples maze-sim logged: t, RSS KiB, server CPU seconds so far.
+      echo "rss samples (t rss_kib cpu_s):"
+      sed -n 's/.*rss_sample t=\([0-9]*\)s rss_kib=\([0-9]*\) cpu_s=\([0-9.]*\).*/  \1 \2 \3/p' "$log.sim" | paste -sd ';'
+    fi
     rm -f "$log" "$log.sim"
   done
   if [ "$RUNS" -gt 1 ]; then
