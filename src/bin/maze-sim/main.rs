@@ -218,11 +218,10 @@ fn main() -> ExitCode {
         proc_cpu_s("self").unwrap_or(0.0),
     );
     if let Some(pid) = s.server_pid {
-        let pid = pid.to_string();
         summary += &format!(
             " server_cpu_s={:.2} server_peak_rss_kib={}",
-            proc_cpu_s(&pid).unwrap_or(f64::NAN),
-            procfs::status_kib(&pid, "VmHWM:").unwrap_or(0)
+            proc_cpu_s(pid).unwrap_or(f64::NAN),
+            procfs::status_kib(pid, "VmHWM:").unwrap_or(0)
         );
     }
     println!("{summary}");
@@ -471,14 +470,13 @@ fn misbehave(addr: SocketAddr) -> Result<(), String> {
 fn rss_sampler(pid: u32) -> std::sync::mpsc::Sender<()> {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
-        let pid = pid.to_string();
         let start = Instant::now();
         loop {
             log::info!(
                 "rss_sample t={:.0}s rss_kib={} cpu_s={:.2}",
                 start.elapsed().as_secs_f64(),
-                procfs::status_kib(&pid, "VmRSS:").unwrap_or(0),
-                proc_cpu_s(&pid).unwrap_or(0.0)
+                procfs::status_kib(pid, "VmRSS:").unwrap_or(0),
+                proc_cpu_s(pid).unwrap_or(0.0)
             );
             if rx.recv_timeout(Duration::from_secs(1)).is_ok() {
                 break;
@@ -489,6 +487,6 @@ fn rss_sampler(pid: u32) -> std::sync::mpsc::Sender<()> {
 }
 
 /// CPU seconds of process `pid` (a number, or `self`).
-fn proc_cpu_s(pid: &str) -> Option<f64> {
+fn proc_cpu_s(pid: impl std::fmt::Display) -> Option<f64> {
     procfs::cpu_time(pid).map(|t| t.as_secs_f64())
 }
