@@ -354,6 +354,30 @@ mod tests {
         assert_eq!(route(&mut r, ev(Kind::Status, 5, 0)), vec![11]);
     }
 
+    /// What the status-update index holds: it must follow the follow graph, not the
+    /// number of connections, so a disconnect costs its own entries only.
+    fn index_entries(r: &Router) -> usize {
+        r.follower_conns.values().map(Vec::len).sum()
+    }
+
+    #[test]
+    fn the_follower_index_grows_with_follows_not_with_connections() {
+        let mut r = Router::new();
+        for a in 0..1000 {
+            route(&mut r, ev(Kind::Follow, 1, 10_000 + a));
+        }
+        for c in 0..2000 {
+            r.connect(1, c);
+        }
+        assert!(index_entries(&r) <= r.follow_edges(), "{}", index_entries(&r));
+        assert_eq!(route(&mut r, ev(Kind::Status, 10_500, 0)).len(), 2000);
+        for c in 0..2000 {
+            r.disconnect(1, c);
+        }
+        assert_eq!(index_entries(&r), 0);
+        assert_eq!(route(&mut r, ev(Kind::Status, 10_500, 0)).len(), 0);
+    }
+
     /// The brute-force model: a list of (follower, followed) pairs and a list of
     /// (user, conn) pairs, scanned in full for every event.
     #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{clients, proc_rss_kib, send_lines, Client, Server};
+use common::{clients, final_counter, proc_rss_kib, send_lines, set_socket_option, Client, Server};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
@@ -367,13 +367,7 @@ fn connections_reset_before_accept_strand_no_one() {
     let s = Server::start(&[]);
     // Abortive closes (RST) while still in the accept queue.
     for _ in 0..50 {
-        let c = TcpStream::connect(s.clients).unwrap();
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        set_socket_option(&c, libc::SO_LINGER, &linger);
-        drop(c);
+        common::reset(TcpStream::connect(s.clients).unwrap());
     }
     let mut good = clients(&s, &[3]);
     let mut src = s.source();
@@ -450,34 +444,6 @@ fn sigint_stops_it_like_sigterm() {
     let status = common::wait_exit(&mut s.child, common::TIMEOUT).expect("exits on SIGINT");
     assert_eq!(status.code(), Some(0));
     s.wait_log("final stats:");
-}
-
-/// Sets a SOL_SOCKET option on `stream`.
-fn set_socket_option<T>(stream: &TcpStream, name: libc::c_int, value: &T) {
-    use std::os::fd::AsRawFd;
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            name,
-            value as *const T as *const libc::c_void,
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
-}
-
-/// A counter from the final stats line in `log`.
-fn final_counter(log: &str, name: &str) -> u64 {
-    let line = log
-        .lines()
-        .rfind(|l| l.contains("final stats:"))
-        .unwrap_or_else(|| panic!("no final stats in {log}"));
-    let field = line
-        .split_whitespace()
-        .find_map(|f| f.strip_prefix(&format!("{name}=")))
-        .unwrap_or_else(|| panic!("no {name} in {line}"));
-    field.parse().unwrap()
 }
 
 #[test]

@@ -330,3 +330,41 @@ pub fn random_events(rng: &mut Rng, n: u64, users: u64) -> Vec<String> {
 
 /// Seeded random numbers, the same as maze-sim's.
 pub use follower_maze::rng::Rng;
+
+/// Sets a SOL_SOCKET option on `stream`.
+pub fn set_socket_option<T>(stream: &TcpStream, name: libc::c_int, value: &T) {
+    use std::os::fd::AsRawFd;
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            name,
+            value as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+}
+
+/// A counter from the final stats line in `log`.
+pub fn final_counter(log: &str, name: &str) -> u64 {
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("final stats:"))
+        .unwrap_or_else(|| panic!("no final stats in {log}"));
+    let field = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in {line}"));
+    field.parse().unwrap()
+}
+
+/// Closes `stream` with a reset (RST) instead of a FIN.
+pub fn reset(stream: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    set_socket_option(&stream, libc::SO_LINGER, &linger);
+    drop(stream);
+}
