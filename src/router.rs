@@ -7,23 +7,29 @@
 use crate::event::{Event, Kind};
 use hashbrown::{HashMap, HashSet};
 
-/// Connection key, as in the server's slab.
+/// Connection key, as in the server's slab. The server disconnects a connection here
+/// before its key can be reused.
 pub type ConnId = usize;
 
 /// Follow graph plus user -> connections registry.
 ///
 /// A status update is the costly rule: its author may have thousands of followers, few of
 /// them connected. So besides the graph (`following`, kept for every user) the router
-/// keeps, per author, the connections of its *connected* followers, updated on follow,
-/// unfollow, connect and disconnect; a status update then costs one lookup.
+/// keeps, per author, its *connected* followers, updated on follow and unfollow and when
+/// a user's first connection arrives or its last one leaves; a status update then costs
+/// one lookup per connected follower. The index holds users, not connections, so it
+/// never holds more entries than the graph has edges, and a connection that comes or
+/// goes while its user has others costs O(1) however many users that user follows.
 #[derive(Default)]
 pub struct Router {
     /// user -> the users they follow.
-    following: HashMap<u64, Followees>,
-    /// author -> connections of the author's connected followers.
-    follower_conns: HashMap<u64, Vec<ConnId>>,
+    following: HashMap<u64, UserSet>,
+    /// author -> the author's followers that have a connection.
+    connected_followers: HashMap<u64, UserSet>,
     /// user -> that user's identified connections (usually one).
     clients: HashMap<u64, Vec<ConnId>>,
+    /// conn -> its index in its user's list in `clients`, so it leaves in O(1).
+    positions: Vec<u32>,
 }
 
 impl Router {
@@ -33,9 +39,19 @@ impl Router {
 
     /// Registers `conn` as a connection of `user`; it receives events routed from now on.
     pub fn connect(&mut self, user: u64, conn: ConnId) {
-        self.clients.entry(user).or_default().push(conn);
+        let conns = self.clients.entry(user).or_default();
+        if conn >= self.positions.len() {
+            self.positions.resize(conn + 1, 0);
+        }
+        self.positions[conn] = conns.len() as u32;
+        conns.push(conn);
+        if conns.len() > 1 {
+            return;
+        }
         if let Some(authors) = self.following.get(&user) {
-            authors.for_each(|a| self.follower_conns.entry(a).or_default().push(conn));
+            authors.for_each(|a| {
+                self.connected_followers.entry(a).or_default().insert(user);
+            });
         }
     }
 
@@ -44,17 +60,28 @@ impl Router {
         let Some(conns) = self.clients.get_mut(&user) else {
             return;
         };
-        let Some(i) = conns.iter().position(|&c| c == conn) else {
+        let Some(&i) = self.positions.get(conn) else {
             return;
         };
-        conns.swap_remove(i);
-        if conns.is_empty() {
-            self.clients.remove(&user);
+        let i = i as usize;
+        if conns.get(i) != Some(&conn) {
+            return;
         }
+        conns.swap_remove(i);
+        if let Some(&moved) = conns.get(i) {
+            self.positions[moved] = i as u32;
+        }
+        if !conns.is_empty() {
+            return;
+        }
+        self.clients.remove(&user);
         if let Some(authors) = self.following.get(&user) {
             authors.for_each(|a| {
-                if let Some(list) = self.follower_conns.get_mut(&a) {
-                    remove_one(list, conn);
+                if let Some(set) = self.connected_followers.get_mut(&a) {
+                    set.remove(user);
+                    if set.len() == 0 {
+                        self.connected_followers.remove(&a);
+                    }
                 }
             });
         }
@@ -67,7 +94,7 @@ impl Router {
 
     /// Follow edges now.
     pub fn follow_edges(&self) -> usize {
-        self.following.values().map(Followees::len).sum()
+        self.following.values().map(UserSet::len).sum()
     }
 
     /// Applies `ev` to the follow graph and appends the connections to notify to `out`
@@ -76,13 +103,11 @@ impl Router {
         match ev.kind {
             Kind::Follow => {
                 let added = self.following.entry(ev.from).or_default().insert(ev.to);
-                if added {
-                    if let Some(conns) = self.clients.get(&ev.from) {
-                        self.follower_conns
-                            .entry(ev.to)
-                            .or_default()
-                            .extend_from_slice(conns);
-                    }
+                if added && self.clients.contains_key(&ev.from) {
+                    self.connected_followers
+                        .entry(ev.to)
+                        .or_default()
+                        .insert(ev.from);
                 }
                 self.user_conns(ev.to, out);
             }
@@ -92,12 +117,10 @@ impl Router {
                     .get_mut(&ev.from)
                     .is_some_and(|s| s.remove(ev.to));
                 if removed {
-                    if let (Some(conns), Some(list)) = (
-                        self.clients.get(&ev.from),
-                        self.follower_conns.get_mut(&ev.to),
-                    ) {
-                        for &c in conns {
-                            remove_one(list, c);
+                    if let Some(set) = self.connected_followers.get_mut(&ev.to) {
+                        set.remove(ev.from);
+                        if set.len() == 0 {
+                            self.connected_followers.remove(&ev.to);
                         }
                     }
                 }
@@ -109,8 +132,8 @@ impl Router {
             }
             Kind::Private => self.user_conns(ev.to, out),
             Kind::Status => {
-                if let Some(conns) = self.follower_conns.get(&ev.from) {
-                    out.extend_from_slice(conns);
+                if let Some(followers) = self.connected_followers.get(&ev.from) {
+                    followers.for_each(|f| self.user_conns(f, out));
                 }
             }
             Kind::NoOp => {}
@@ -126,14 +149,14 @@ impl Router {
     /// Session end: forget every follow relation (connections stay).
     pub fn clear_follows(&mut self) {
         self.following = HashMap::new();
-        self.follower_conns = HashMap::new();
+        self.connected_followers = HashMap::new();
     }
 }
 
-/// The users one user follows: a plain list while short (most users follow a few, and a
-/// list costs a third of a hash set's memory), a hash set once past `FEW`, so that a user
-/// following thousands costs no linear scans.
-enum Followees {
+/// A set of users: a plain list while short (most users follow a few, and a list costs a
+/// third of a hash set's memory), a hash set once past `FEW`, so that a user following
+/// thousands, or an author with thousands of connected followers, costs no linear scans.
+enum UserSet {
     Few(Vec<u64>),
     /// Boxed: rare, and unboxed it would make every map entry 16 bytes larger.
     Many(Box<HashSet<u64>>),
@@ -141,64 +164,57 @@ enum Followees {
 
 const FEW: usize = 32;
 
-impl Default for Followees {
+impl Default for UserSet {
     fn default() -> Self {
-        Followees::Few(Vec::new())
+        UserSet::Few(Vec::new())
     }
 }
 
-impl Followees {
+impl UserSet {
     /// Adds `id`; false if it was there already.
     fn insert(&mut self, id: u64) -> bool {
         match self {
-            Followees::Few(list) if list.contains(&id) => false,
-            Followees::Few(list) if list.len() < FEW => {
+            UserSet::Few(list) if list.contains(&id) => false,
+            UserSet::Few(list) if list.len() < FEW => {
                 list.push(id);
                 true
             }
-            Followees::Few(list) => {
+            UserSet::Few(list) => {
                 let mut set: HashSet<u64> = list.drain(..).collect();
                 set.insert(id);
-                *self = Followees::Many(Box::new(set));
+                *self = UserSet::Many(Box::new(set));
                 true
             }
-            Followees::Many(set) => set.insert(id),
+            UserSet::Many(set) => set.insert(id),
         }
     }
 
     /// Removes `id`; false if it was not there.
     fn remove(&mut self, id: u64) -> bool {
         match self {
-            Followees::Few(list) => match list.iter().position(|&x| x == id) {
+            UserSet::Few(list) => match list.iter().position(|&x| x == id) {
                 Some(i) => {
                     list.swap_remove(i);
                     true
                 }
                 None => false,
             },
-            Followees::Many(set) => set.remove(&id),
+            UserSet::Many(set) => set.remove(&id),
         }
     }
 
     fn for_each(&self, mut f: impl FnMut(u64)) {
         match self {
-            Followees::Few(list) => list.iter().for_each(|&a| f(a)),
-            Followees::Many(set) => set.iter().for_each(|&a| f(a)),
+            UserSet::Few(list) => list.iter().for_each(|&a| f(a)),
+            UserSet::Many(set) => set.iter().for_each(|&a| f(a)),
         }
     }
 
     fn len(&self) -> usize {
         match self {
-            Followees::Few(list) => list.len(),
-            Followees::Many(set) => set.len(),
+            UserSet::Few(list) => list.len(),
+            UserSet::Many(set) => set.len(),
         }
-    }
-}
-
-/// Removes one occurrence of `conn` (order does not matter).
-fn remove_one(list: &mut Vec<ConnId>, conn: ConnId) {
-    if let Some(i) = list.iter().position(|&c| c == conn) {
-        list.swap_remove(i);
     }
 }
 
@@ -342,7 +358,7 @@ mod tests {
             route(&mut r, ev(Kind::Follow, 1, to));
         }
         assert_eq!(r.follow_edges(), FEW * 3);
-        assert!(matches!(r.following[&1], Followees::Many(_)));
+        assert!(matches!(r.following[&1], UserSet::Many(_)));
         for to in (0..(FEW as u64 * 3)).step_by(2) {
             route(&mut r, ev(Kind::Unfollow, 1, to));
         }
@@ -357,7 +373,7 @@ mod tests {
     /// What the status-update index holds: it must follow the follow graph, not the
     /// number of connections, so a disconnect costs its own entries only.
     fn index_entries(r: &Router) -> usize {
-        r.follower_conns.values().map(Vec::len).sum()
+        r.connected_followers.values().map(UserSet::len).sum()
     }
 
     #[test]
@@ -369,7 +385,11 @@ mod tests {
         for c in 0..2000 {
             r.connect(1, c);
         }
-        assert!(index_entries(&r) <= r.follow_edges(), "{}", index_entries(&r));
+        assert!(
+            index_entries(&r) <= r.follow_edges(),
+            "{}",
+            index_entries(&r)
+        );
         assert_eq!(route(&mut r, ev(Kind::Status, 10_500, 0)).len(), 2000);
         for c in 0..2000 {
             r.disconnect(1, c);
@@ -385,6 +405,8 @@ mod tests {
         // Few users following few; then few users following many (lists become sets).
         brute_force(20, 20);
         brute_force(4, 200);
+        // Many users following few: authors with many connected followers (sets too).
+        brute_force(200, 4);
     }
 
     fn brute_force(from_range: u64, to_range: u64) {
