@@ -12,6 +12,8 @@ pub struct Config {
     pub client_port: u16,
     /// Most events held beyond the next expected seq.
     pub max_window: u64,
+    /// Bytes held for waiting events (the window's ring and the payloads kept beside it).
+    pub window_bytes: usize,
     /// `None`: wait for a missing seq forever.
     pub gap_timeout: Option<Duration>,
     /// Keep seq and follow graph across event-source sessions.
@@ -25,6 +27,8 @@ pub struct Config {
     /// A connection must send its id within this.
     pub auth_timeout: Duration,
     pub max_clients: usize,
+    /// Client connections without an id at once; the oldest gives way to a new one.
+    pub max_unidentified: usize,
     /// `None`: no periodic stats line.
     pub stats_interval: Option<Duration>,
 }
@@ -36,6 +40,7 @@ impl Default for Config {
             event_port: 9090,
             client_port: 9099,
             max_window: 1 << 20,
+            window_bytes: 64 << 20,
             gap_timeout: Some(Duration::from_millis(2000)),
             keep_state: false,
             client_buffer_limit: 1 << 20,
@@ -43,10 +48,18 @@ impl Default for Config {
             stall_timeout: Duration::from_millis(5000),
             auth_timeout: Duration::from_millis(5000),
             max_clients: 10_000,
+            max_unidentified: 1024,
             stats_interval: Some(Duration::from_secs(10)),
         }
     }
 }
+
+/// The longest duration any flag takes: one year. Deadlines are `now + duration`, and a
+/// bound far inside what `Instant` can represent keeps every such sum valid.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The smallest `--window-bytes`.
+pub const MIN_WINDOW_BYTES: usize = crate::window::MIN_BUDGET;
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq)]
@@ -66,6 +79,8 @@ Options (flag, environment variable, default):
   --client-port N          clientListenerPort   9099   0 picks a free port
   --bind ADDR                                   127.0.0.1
   --max-window N                                1048576  events held out of order at most
+  --window-bytes N                              67108864  bytes held for waiting events
+                                                       (ring and kept payloads) at most
   --gap-timeout-ms N                            2000   skip a missing seq after this; 0 = never
   --keep-state                                  keep seq and follow graph across sessions
   --client-buffer-limit N                       1048576  bytes pending per client before
@@ -75,7 +90,10 @@ Options (flag, environment variable, default):
   --stall-timeout-ms N                          5000   drop a client that takes no bytes
   --auth-timeout-ms N                           5000   drop a connection with no id by then
   --max-clients N                               10000  connections beyond are closed at once
+  --max-unidentified N                          max-clients/2, at most 1024: connections
+                                                       without an id; the oldest gives way
   --stats-interval-s N                          10     stats line period; 0 = off
+  (durations: at most one year)
   -h, --help                                    print this and exit
   -V, --version                                 print the version and exit
 
@@ -94,6 +112,7 @@ where
     if let Some(v) = env("clientListenerPort") {
         c.client_port = number(&v, "clientListenerPort")?;
     }
+    let mut max_unidentified = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -130,19 +149,39 @@ where
                     return Err("--max-window must be between 1 and 1073741824".into());
                 }
             }
+            "--window-bytes" => {
+                c.window_bytes = number(&value()?, &flag)?;
+                if c.window_bytes < MIN_WINDOW_BYTES {
+                    return Err(format!(
+                        "--window-bytes must be at least {MIN_WINDOW_BYTES}"
+                    ));
+                }
+            }
             "--gap-timeout-ms" => c.gap_timeout = millis(&value()?, &flag)?,
             "--client-buffer-limit" => c.client_buffer_limit = positive(&value()?, &flag)?,
             "--total-buffer-limit" => c.total_buffer_limit = positive(&value()?, &flag)?,
             "--stall-timeout-ms" => c.stall_timeout = required_millis(&value()?, &flag)?,
             "--auth-timeout-ms" => c.auth_timeout = required_millis(&value()?, &flag)?,
             "--max-clients" => c.max_clients = number(&value()?, &flag)?,
+            "--max-unidentified" => max_unidentified = Some(positive(&value()?, &flag)?),
             "--stats-interval-s" => {
                 let secs: u64 = number(&value()?, &flag)?;
+                if secs > MAX_DURATION.as_secs() {
+                    return Err(format!("{flag} must be at most {}", MAX_DURATION.as_secs()));
+                }
                 c.stats_interval = (secs > 0).then(|| Duration::from_secs(secs));
             }
             _ => return Err(format!("unknown option '{flag}' (see --help)")),
         }
     }
+    c.max_unidentified = match max_unidentified {
+        Some(n) if n > c.max_clients => {
+            return Err("--max-unidentified must be at most --max-clients".into())
+        }
+        Some(n) => n,
+        // Below the client cap, so silence cannot take every place.
+        None => (c.max_clients / 2).clamp(1, 1024),
+    };
     if c.event_port != 0 && c.event_port == c.client_port {
         return Err(format!("event and client ports are both {}", c.event_port));
     }
@@ -165,6 +204,12 @@ fn positive(v: &str, name: &str) -> Result<usize, String> {
 /// Milliseconds where 0 means "never".
 fn millis(v: &str, name: &str) -> Result<Option<Duration>, String> {
     let ms: u64 = number(v, name)?;
+    if ms > MAX_DURATION.as_millis() as u64 {
+        return Err(format!(
+            "{name} must be at most {}",
+            MAX_DURATION.as_millis()
+        ));
+    }
     Ok((ms > 0).then(|| Duration::from_millis(ms)))
 }
 
@@ -233,6 +278,10 @@ mod tests {
                 "20",
                 "--max-clients",
                 "3",
+                "--max-unidentified",
+                "2",
+                "--window-bytes",
+                "100000",
                 "--stats-interval-s",
                 "0",
                 "--event-port",
@@ -251,7 +300,16 @@ mod tests {
         assert_eq!(c.stall_timeout, Duration::from_millis(10));
         assert_eq!(c.auth_timeout, Duration::from_millis(20));
         assert_eq!(c.max_clients, 3);
+        assert_eq!(c.max_unidentified, 2);
+        assert_eq!(c.window_bytes, 100_000);
         assert_eq!(c.stats_interval, None);
+    }
+
+    #[test]
+    fn unidentified_connections_get_their_own_bound_below_max_clients() {
+        assert_eq!(config(&[], &[]).max_unidentified, 1024);
+        assert_eq!(config(&["--max-clients", "50"], &[]).max_unidentified, 25);
+        assert_eq!(config(&["--max-clients", "1"], &[]).max_unidentified, 1);
     }
 
     #[test]
@@ -273,6 +331,12 @@ mod tests {
             &["--total-buffer-limit", "0"],
             &["--frobnicate"],
             &["--keep-state=yes"],
+            &["--window-bytes", "65535"],
+            &["--max-unidentified", "0"],
+            &["--max-clients", "5", "--max-unidentified", "6"],
+            &["--stats-interval-s", "31536001"],
+            &["--gap-timeout-ms", "31536000001"],
+            &["--stall-timeout-ms", "18446744073709551615"],
             &["--event-port", "5", "--client-port", "5"],
         ] {
             let err = run(args, &[]).unwrap_err();

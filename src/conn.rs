@@ -29,9 +29,21 @@ pub enum Role {
     Client { user: u64 },
 }
 
+/// A connection as remembered across a dispatch: its slab key and its serial. A key alone
+/// names a slot, which the next accepted connection may reuse; the pair names one
+/// connection for the process's lifetime, so a stale entry in any list is recognised as
+/// stale instead of acting on a stranger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnRef {
+    pub key: usize,
+    pub serial: u64,
+}
+
 /// One accepted socket and everything the server keeps for it.
 pub struct Conn {
     pub stream: TcpStream,
+    /// Never reused while the process runs; names the connection in every log line.
+    pub serial: u64,
     pub role: Role,
     pub out: OutBuf,
     /// Flagged for removal after the current dispatch; receives nothing more.
@@ -44,6 +56,9 @@ pub struct Conn {
     pub blocked: bool,
     /// Since when the socket took no bytes while output was pending.
     pub stalled_since: Instant,
+    /// An identified client ended its input (half-close): it is no longer read, and still
+    /// written to until a write fails or the socket reports a hang-up.
+    pub input_closed: bool,
 }
 
 /// Result of one read into a line splitter.
@@ -57,9 +72,10 @@ pub enum Filled {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, role: Role, now: Instant) -> Self {
+    pub fn new(stream: TcpStream, serial: u64, role: Role, now: Instant) -> Self {
         Conn {
             stream,
+            serial,
             role,
             out: OutBuf::default(),
             closing: false,
@@ -67,7 +83,42 @@ impl Conn {
             over_limit: false,
             blocked: false,
             stalled_since: now,
+            input_closed: false,
         }
+    }
+
+    /// This connection as a [`ConnRef`], for lists kept across a dispatch.
+    pub fn at(&self, key: usize) -> ConnRef {
+        ConnRef {
+            key,
+            serial: self.serial,
+        }
+    }
+
+    /// How log lines name it: `client #7`, `event source #3`.
+    pub fn name(&self) -> Name {
+        Name {
+            source: matches!(self.role, Role::Source),
+            serial: self.serial,
+        }
+    }
+}
+
+/// A connection's name in log lines.
+#[derive(Clone, Copy)]
+pub struct Name {
+    pub source: bool,
+    pub serial: u64,
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.source {
+            "event source"
+        } else {
+            "client"
+        };
+        write!(f, "{what} #{}", self.serial)
     }
 }
 

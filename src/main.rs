@@ -51,9 +51,10 @@ fn main() -> ExitCode {
     };
     if let Ok((ev, cl)) = server.local_addrs() {
         log::info!(
-            "follower-maze {} listening: events on {ev}, clients on {cl} (max_window={} gap_timeout={:?} keep_state={} client_buffer_limit={} total_buffer_limit={} stall_timeout={:?} auth_timeout={:?} max_clients={} stats_interval={:?})",
+            "follower-maze {} listening: events on {ev}, clients on {cl} (max_window={} window_bytes={} gap_timeout={:?} keep_state={} client_buffer_limit={} total_buffer_limit={} stall_timeout={:?} auth_timeout={:?} max_clients={} max_unidentified={} stats_interval={:?})",
             env!("CARGO_PKG_VERSION"),
             cfg.max_window,
+            cfg.window_bytes,
             cfg.gap_timeout,
             cfg.keep_state,
             cfg.client_buffer_limit,
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
             cfg.stall_timeout,
             cfg.auth_timeout,
             cfg.max_clients,
+            cfg.max_unidentified,
             cfg.stats_interval,
         );
     }

@@ -21,10 +21,14 @@ pub struct Counters {
     pub noop_events: u64,
     pub late_or_duplicate: u64,
     pub seqs_skipped: u64,
+    /// Unterminated last lines of sources whose connection failed (reset), discarded.
+    pub truncated_lines: u64,
     pub clients_connected: u64,
     pub clients_rejected: u64,
     pub clients_stalled: u64,
     pub clients_bad_id: u64,
+    /// Connections without an id closed to make room under `--max-unidentified`.
+    pub clients_evicted: u64,
 }
 
 impl Counters {
@@ -45,10 +49,12 @@ impl Counters {
             noop_events,
             late_or_duplicate,
             seqs_skipped,
+            truncated_lines,
             clients_connected,
             clients_rejected,
             clients_stalled,
-            clients_bad_id
+            clients_bad_id,
+            clients_evicted
         )
     }
 }
@@ -58,8 +64,8 @@ impl fmt::Display for Counters {
         write!(
             f,
             "events_in={} delivered={} notifications={} bytes_in={} bytes_out={} writes={} junk={} \
-             overlong={} noop={} late_or_dup={} skipped={} clients_connected={} \
-             clients_rejected={} clients_stalled={} clients_bad_id={}",
+             overlong={} noop={} late_or_dup={} skipped={} truncated={} clients_connected={} \
+             clients_rejected={} clients_stalled={} clients_bad_id={} clients_evicted={}",
             self.events_received,
             self.events_delivered,
             self.notifications,
@@ -71,10 +77,12 @@ impl fmt::Display for Counters {
             self.noop_events,
             self.late_or_duplicate,
             self.seqs_skipped,
+            self.truncated_lines,
             self.clients_connected,
             self.clients_rejected,
             self.clients_stalled,
-            self.clients_bad_id
+            self.clients_bad_id,
+            self.clients_evicted
         )
     }
 }

@@ -7,14 +7,25 @@
 //! at 1). Payloads in canonical form are not stored (the router re-renders them); the
 //! rare non-canonical payload is kept in a side map.
 //!
+//! Everything held for waiting events (ring and side map) has one byte budget. The ring
+//! takes at most half of it, which caps `max`; an event that would take the window past
+//! `max` events or past the budget is refused as [`Insert::Full`], and the caller makes
+//! room the one way that loses least: the oldest missing seqs are skipped (delivering
+//! what waits between them, which frees its bytes) until the event fits.
+//!
 //! Skipping is the caller's policy, applied here: [`ReorderWindow::skip_gap`] for the gap
-//! timeout, [`ReorderWindow::make_room_for`] for an event too far ahead, and
+//! timeout, [`ReorderWindow::make_room`] for an event that does not fit, and
 //! [`ReorderWindow::start_flush`] at session end. Skips come out of [`ReorderWindow::pop`]
 //! one range at a time, so the caller can count and warn, and can stop popping at any
-//! point (backpressure) without losing anything.
+//! point (backpressure) without losing anything. An occupancy bitmap finds the next
+//! waiting event in a few word reads, so a skip costs the same over one missing seq or
+//! over 2^64 of them.
+
+mod occupancy;
 
 use crate::event::Event;
 use hashbrown::HashMap;
+use occupancy::Occupancy;
 
 /// What [`ReorderWindow::insert`] did with an event.
 #[derive(Debug, PartialEq, Eq)]
@@ -24,10 +35,10 @@ pub enum Insert {
     Late,
     /// The same seq is already waiting: discarded.
     Duplicate,
-    /// `max` or more beyond the next expected seq. Call
-    /// [`make_room_for`](ReorderWindow::make_room_for), pop until [`fits`](ReorderWindow::fits),
-    /// then insert again.
-    TooFar,
+    /// `max` or more beyond the next expected seq, or its payload would pass the byte
+    /// budget. Call [`make_room`](ReorderWindow::make_room), pop until
+    /// [`fits`](ReorderWindow::fits), then insert again.
+    Full,
 }
 
 /// One step out of the window.
@@ -38,6 +49,8 @@ pub enum Pop {
     Event(Event),
     /// Missing seqs `from..=through` were given up on.
     Skipped { from: u64, through: u64 },
+    /// Seq `u64::MAX` is behind: the sequence starts again at 1.
+    Wrapped,
 }
 
 const EMPTY: Event = Event {
@@ -48,47 +61,71 @@ const EMPTY: Event = Event {
     canonical: true,
 };
 
+/// Bytes of one ring slot.
+const SLOT_BYTES: usize = std::mem::size_of::<Event>();
+/// What a kept payload costs beyond its length: its allocation's header and rounding and
+/// its side-map entry (a 24-byte bucket, at most half full after the table doubles).
+pub const PAYLOAD_OVERHEAD: usize = 96;
+/// The smallest byte budget: a ring of 64 slots and the longest payload fit in half of it.
+pub const MIN_BUDGET: usize = 64 * 1024;
+
 /// See the module docs.
 pub struct ReorderWindow {
     slots: Vec<Event>,
+    /// Which slots hold an event.
+    occupied: Occupancy,
     /// Last seq delivered or skipped; the next expected is `last + 1`.
     last: u64,
     /// Events stored.
     waiting: usize,
-    /// Missing seqs up to here are skipped when reached.
-    skip_through: u64,
+    /// Making room for this event (its seq and payload cost): skip until it fits.
+    wanted: Option<(u64, usize)>,
     /// Session end: skip every gap until nothing waits.
     flushing: bool,
     /// Most events held beyond `last`.
     max: u64,
     initial: usize,
     odd_payloads: HashMap<u64, Box<[u8]>>,
-    /// Slots looked at while skipping: the work skipping costs (see the tests).
+    /// What the kept payloads cost, [`PAYLOAD_OVERHEAD`] included.
+    payload_bytes: usize,
+    /// Bytes for the ring and the payloads together.
+    budget: usize,
+    /// Bitmap words read while looking for the next waiting event: the work skipping
+    /// costs (see the tests).
     skip_steps: u64,
 }
 
 impl ReorderWindow {
     /// A window starting at `initial` slots (rounded up to a power of two) that holds
-    /// events up to `max` beyond the next expected seq.
-    pub fn new(initial: usize, max: u64) -> Self {
+    /// events up to `max` beyond the next expected seq, in at most `budget` bytes (ring
+    /// and payloads; at least [`MIN_BUDGET`]). The ring gets at most half of the budget,
+    /// which may lower `max`.
+    pub fn new(initial: usize, max: u64, budget: usize) -> Self {
         assert!(max >= 1, "a window must hold at least one event");
+        let budget = budget.max(MIN_BUDGET);
+        // The largest ring within half the budget: a power of two, at least 64 slots.
+        let ring_limit = 1u64 << (budget / 2 / SLOT_BYTES).ilog2();
+        let max = max.min(ring_limit);
         let cap = ring_size(initial as u64).min(ring_size(max));
         ReorderWindow {
             slots: vec![EMPTY; cap],
+            occupied: Occupancy::new(cap),
             last: 0,
             waiting: 0,
-            skip_through: 0,
+            wanted: None,
             flushing: false,
             max,
             initial: cap,
             odd_payloads: HashMap::new(),
+            payload_bytes: 0,
+            budget,
             skip_steps: 0,
         }
     }
 
-    /// The next seq to deliver (saturates at `u64::MAX`).
+    /// The next seq to deliver.
     pub fn next_seq(&self) -> u64 {
-        self.last.saturating_add(1)
+        self.last.wrapping_add(1)
     }
 
     /// Events waiting for an earlier seq.
@@ -101,9 +138,55 @@ impl ReorderWindow {
         self.slots.len()
     }
 
-    /// Whether `seq` can be stored without skipping anything.
-    pub fn fits(&self, seq: u64) -> bool {
+    /// Most events held beyond the next expected seq (`max`, as the budget allows).
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// Bytes held for waiting events now: the ring and the kept payloads.
+    pub fn bytes(&self) -> usize {
+        self.ring_bytes(self.slots.len()) + self.payload_bytes
+    }
+
+    /// The byte budget.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    fn ring_bytes(&self, slots: usize) -> usize {
+        slots * SLOT_BYTES + Occupancy::bytes_for(slots)
+    }
+
+    /// What keeping `ev`'s payload would cost (nothing for a canonical event).
+    fn cost(ev: &Event, payload: &[u8]) -> usize {
+        if ev.canonical {
+            0
+        } else {
+            payload.len() + PAYLOAD_OVERHEAD
+        }
+    }
+
+    /// Whether `ev` (with `payload`, the line as read) can be stored without skipping.
+    pub fn fits(&self, ev: &Event, payload: &[u8]) -> bool {
+        self.fits_cost(ev.seq, Self::cost(ev, payload))
+    }
+
+    fn fits_distance(&self, seq: u64) -> bool {
         seq <= self.last || seq - self.last <= self.max
+    }
+
+    fn fits_cost(&self, seq: u64, cost: usize) -> bool {
+        if seq <= self.last.saturating_add(1) {
+            // Late: stored nowhere. Next: the next pop takes it, so its payload is held
+            // for no longer than that (the only moment the budget may be passed, by one
+            // line).
+            return true;
+        }
+        if !self.fits_distance(seq) {
+            return false;
+        }
+        let slots = self.slots.len().max(ring_size(seq - self.last));
+        self.ring_bytes(slots) + self.payload_bytes + cost <= self.budget
     }
 
     fn slot(&self, seq: u64) -> usize {
@@ -118,22 +201,29 @@ impl ReorderWindow {
         if ev.seq <= self.last {
             return Insert::Late;
         }
-        if !self.fits(ev.seq) {
-            return Insert::TooFar;
-        }
-        let distance = ev.seq - self.last; // 1..=max
-        if distance > self.slots.len() as u64 {
+        let distance = ev.seq - self.last;
+        if distance <= self.slots.len() as u64 {
+            if self.slots[self.slot(ev.seq)].seq == ev.seq {
+                return Insert::Duplicate;
+            }
+            if !ev.canonical && !self.fits(&ev, payload) {
+                return Insert::Full;
+            }
+        } else {
+            // Beyond the ring, so not waiting already.
+            if !self.fits(&ev, payload) {
+                return Insert::Full;
+            }
             self.grow(distance);
         }
         let i = self.slot(ev.seq);
-        if self.slots[i].seq == ev.seq {
-            return Insert::Duplicate;
-        }
         // Every stored seq lies in last+1 ..= last+capacity, so no two share a slot.
         debug_assert_eq!(self.slots[i].seq, 0);
         self.slots[i] = ev;
+        self.occupied.set(i);
         self.waiting += 1;
         if !ev.canonical {
+            self.payload_bytes += Self::cost(&ev, payload);
             self.odd_payloads.insert(ev.seq, payload.into());
         }
         Insert::Stored
@@ -143,30 +233,49 @@ impl ReorderWindow {
         let cap = ring_size(distance).min(ring_size(self.max));
         debug_assert!(cap as u64 >= distance);
         let mut slots = vec![EMPTY; cap];
+        let mut occupied = Occupancy::new(cap);
         for ev in self.slots.iter().filter(|e| e.seq != 0) {
-            slots[(ev.seq & (cap as u64 - 1)) as usize] = *ev;
+            let i = (ev.seq & (cap as u64 - 1)) as usize;
+            slots[i] = *ev;
+            occupied.set(i);
         }
         self.slots = slots;
+        self.occupied = occupied;
     }
 
     /// The next event if it is here; else a skip if policy says so; else `None`.
     pub fn pop(&mut self) -> Option<Pop> {
         if self.last == u64::MAX {
-            return None;
+            debug_assert_eq!(self.waiting, 0, "nothing can wait beyond u64::MAX");
+            self.last = 0;
+            return Some(Pop::Wrapped);
         }
         let next = self.last + 1;
         let i = self.slot(next);
         if self.slots[i].seq == next {
             let ev = self.slots[i];
             self.slots[i].seq = 0; // empty: the rest of the slot is never read
+            self.occupied.clear(i);
             self.last = next;
             self.waiting -= 1;
             return Some(Pop::Event(ev));
         }
         let through = if self.flushing && self.waiting > 0 {
             u64::MAX
+        } else if let Some((seq, cost)) = self.wanted {
+            if self.fits_cost(seq, cost) {
+                self.wanted = None;
+                return None;
+            }
+            if !self.fits_distance(seq) {
+                seq - self.max
+            } else {
+                // Near enough, but over the byte budget: give up on the oldest gap, which
+                // delivers what waits behind it; at worst the event becomes the next one.
+                seq - 1
+            }
         } else {
-            self.skip_through
+            return None;
         };
         self.skip_missing(through)
     }
@@ -174,7 +283,13 @@ impl ReorderWindow {
     /// The original payload of the non-canonical event `seq` just popped. (Kept apart from
     /// [`Pop`] so the common event moves through the pipeline as 32 plain bytes.)
     pub fn take_payload(&mut self, seq: u64) -> Option<Box<[u8]>> {
-        self.odd_payloads.remove(&seq)
+        let payload = self.odd_payloads.remove(&seq)?;
+        self.payload_bytes -= payload.len() + PAYLOAD_OVERHEAD;
+        if self.odd_payloads.is_empty() && self.odd_payloads.capacity() > 64 {
+            // A burst of them is over: its table goes too, not just its entries.
+            self.odd_payloads = HashMap::new();
+        }
+        Some(payload)
     }
 
     /// Moves `last` over missing seqs, up to `through` or the first waiting event.
@@ -183,15 +298,10 @@ impl ReorderWindow {
             return None;
         }
         let from = self.last + 1;
-        if self.waiting == 0 {
-            self.last = through;
-        } else {
-            // Bounded: a waiting event lies within `capacity` of `last`.
-            while self.last < through && self.slots[self.slot(self.last + 1)].seq != self.last + 1 {
-                self.last += 1;
-                self.skip_steps += 1;
-            }
-        }
+        self.last = match self.next_waiting() {
+            Some(seq) => through.min(seq - 1),
+            None => through,
+        };
         if self.last < from {
             return None;
         }
@@ -199,6 +309,21 @@ impl ReorderWindow {
             from,
             through: self.last,
         })
+    }
+
+    /// The lowest waiting seq, found through the occupancy bitmap: every waiting seq lies
+    /// in `last+1 ..= last+capacity`, so ring order from `last+1`'s slot is seq order.
+    fn next_waiting(&mut self) -> Option<u64> {
+        if self.waiting == 0 {
+            return None;
+        }
+        let start = self.slot(self.last + 1);
+        let (found, steps) = self.occupied.next_from(start);
+        self.skip_steps += steps;
+        let i = found?;
+        let ahead = (i.wrapping_sub(start) & (self.slots.len() - 1)) as u64;
+        debug_assert_eq!(self.slots[i].seq, self.last + 1 + ahead);
+        Some(self.last + 1 + ahead)
     }
 
     /// Gap timeout: gives up on the missing seqs before the first waiting event.
@@ -209,9 +334,10 @@ impl ReorderWindow {
         self.skip_missing(u64::MAX)
     }
 
-    /// Window full: from now on, missing seqs are skipped until `seq` fits.
-    pub fn make_room_for(&mut self, seq: u64) {
-        self.skip_through = self.skip_through.max(seq.saturating_sub(self.max));
+    /// Window full for `ev`: from now on, missing seqs are skipped, oldest first, until it
+    /// [`fits`](Self::fits).
+    pub fn make_room(&mut self, ev: &Event, payload: &[u8]) {
+        self.wanted = Some((ev.seq, Self::cost(ev, payload)));
     }
 
     /// Session end: from now on, [`pop`](Self::pop) skips every gap until nothing waits.
@@ -231,10 +357,12 @@ impl ReorderWindow {
         } else {
             self.slots.fill(EMPTY);
         }
+        self.occupied = Occupancy::new(self.slots.len());
         self.odd_payloads = HashMap::new();
+        self.payload_bytes = 0;
         self.last = 0;
         self.waiting = 0;
-        self.skip_through = 0;
+        self.wanted = None;
         self.flushing = false;
     }
 }
@@ -268,6 +396,7 @@ mod tests {
             match p {
                 Pop::Event(e) => got.push(e.seq),
                 Pop::Skipped { from, through } => skipped.push((from, through)),
+                Pop::Wrapped => skipped.push((u64::MAX, 0)),
             }
         }
         (got, skipped)
@@ -280,7 +409,7 @@ mod tests {
             let n = 1 + rng.below(3000);
             let mut seqs: Vec<u64> = (1..=n).collect();
             rng.shuffle(&mut seqs);
-            let mut w = ReorderWindow::new(4, 1 << 20);
+            let mut w = ReorderWindow::new(4, 1 << 20, usize::MAX);
             let mut got = Vec::new();
             for s in seqs {
                 assert_eq!(w.insert(ev(s), b""), Insert::Stored);
@@ -296,7 +425,7 @@ mod tests {
 
     #[test]
     fn grows_on_demand_and_only_as_needed() {
-        let mut w = ReorderWindow::new(4, 1 << 20);
+        let mut w = ReorderWindow::new(4, 1 << 20, usize::MAX);
         assert_eq!(w.capacity(), 4);
         assert_eq!(w.insert(ev(4), b""), Insert::Stored);
         assert_eq!(w.capacity(), 4);
@@ -314,7 +443,7 @@ mod tests {
 
     #[test]
     fn wraps_around_the_capacity_boundary() {
-        let mut w = ReorderWindow::new(8, 8);
+        let mut w = ReorderWindow::new(8, 8, usize::MAX);
         let mut got = Vec::new();
         // Pairs swapped, straddling every multiple of 8 many times over.
         for base in (1..200u64).step_by(2) {
@@ -334,7 +463,7 @@ mod tests {
 
     #[test]
     fn late_and_duplicate_seqs_are_dropped() {
-        let mut w = ReorderWindow::new(4, 100);
+        let mut w = ReorderWindow::new(4, 100, usize::MAX);
         assert_eq!(w.insert(ev(1), b""), Insert::Stored);
         assert_eq!(w.insert(ev(3), b""), Insert::Stored);
         assert_eq!(w.insert(ev(3), b""), Insert::Duplicate);
@@ -349,7 +478,7 @@ mod tests {
 
     #[test]
     fn gap_skip_gives_up_only_up_to_the_first_waiting_event() {
-        let mut w = ReorderWindow::new(4, 100);
+        let mut w = ReorderWindow::new(4, 100, usize::MAX);
         assert_eq!(w.skip_gap(), None, "nothing waits: nothing to skip");
         for s in [5, 6, 9] {
             w.insert(ev(s), b"");
@@ -377,19 +506,19 @@ mod tests {
 
     #[test]
     fn window_full_skips_the_oldest_missing_seqs_until_it_fits() {
-        let mut w = ReorderWindow::new(4, 8);
+        let mut w = ReorderWindow::new(4, 8, usize::MAX);
         w.insert(ev(3), b"");
         w.insert(ev(5), b"");
         // Next expected is 1: 8 beyond it no longer fits.
-        assert!(w.fits(8));
-        assert!(!w.fits(9));
-        assert_eq!(w.insert(ev(12), b""), Insert::TooFar);
-        w.make_room_for(12);
+        assert!(w.fits(&ev(8), b""));
+        assert!(!w.fits(&ev(9), b""));
+        assert_eq!(w.insert(ev(12), b""), Insert::Full);
+        w.make_room(&ev(12), b"");
         let (got, skipped) = drain(&mut w);
         // 12 needs last >= 4: 1-2 skipped, 3 delivered, 4 skipped; 5 delivered on the way.
         assert_eq!(got, vec![3, 5]);
         assert_eq!(skipped, vec![(1, 2), (4, 4)]);
-        assert!(w.fits(12));
+        assert!(w.fits(&ev(12), b""));
         assert_eq!(w.insert(ev(12), b""), Insert::Stored);
         assert_eq!(w.capacity(), 8, "never past max");
         assert_eq!(w.insert(ev(6), b""), Insert::Stored);
@@ -398,11 +527,11 @@ mod tests {
 
     #[test]
     fn a_huge_jump_is_skipped_without_walking_every_seq() {
-        let mut w = ReorderWindow::new(4, 1 << 20);
+        let mut w = ReorderWindow::new(4, 1 << 20, usize::MAX);
         w.insert(ev(2), b"");
         let far = u64::MAX - 1;
-        assert_eq!(w.insert(ev(far), b""), Insert::TooFar);
-        w.make_room_for(far);
+        assert_eq!(w.insert(ev(far), b""), Insert::Full);
+        w.make_room(&ev(far), b"");
         let (got, skipped) = drain(&mut w);
         assert_eq!(got, vec![2]);
         assert_eq!(skipped, vec![(1, 1), (3, far - (1 << 20))]);
@@ -411,10 +540,59 @@ mod tests {
         let (got, _) = drain(&mut w);
         assert_eq!(got, vec![far]);
         assert_eq!(w.insert(ev(u64::MAX), b""), Insert::Stored);
-        assert_eq!(drain(&mut w).0, vec![u64::MAX]);
-        assert_eq!(w.insert(ev(u64::MAX), b""), Insert::Late);
-        assert_eq!(w.pop(), None, "nothing after the last seq");
         assert_eq!(w.capacity(), 1 << 20, "grown to max, never past it");
+        // The last seq delivered, the sequence starts again at 1: nothing is wedged.
+        assert_eq!(drain(&mut w), (vec![u64::MAX], vec![(u64::MAX, 0)]));
+        assert_eq!(w.next_seq(), 1);
+        assert_eq!(w.insert(ev(2), b""), Insert::Stored);
+        assert_eq!(w.insert(ev(1), b""), Insert::Stored);
+        assert_eq!(drain(&mut w).0, vec![1, 2]);
+    }
+
+    /// Zero-padded (non-canonical) events of random lengths under random budgets: the bytes
+    /// held never pass the budget, room is always made, nothing is lost or reordered.
+    #[test]
+    fn kept_payloads_stay_within_the_byte_budget() {
+        for seed in 0..40 {
+            let mut rng = Rng::new(seed);
+            let budget = MIN_BUDGET + rng.below(4 * MIN_BUDGET as u64) as usize;
+            let mut w = ReorderWindow::new(2, 1 << 20, budget);
+            assert!(w.bytes() <= budget);
+            let (mut prev, mut accounted, mut full) = (0u64, 0u64, 0);
+            for _ in 0..3000 {
+                let s = w.next_seq() + rng.below(3000);
+                let line = format!("0{s:0>width$}|B", width = rng.below(1000) as usize);
+                let odd = crate::event::parse(line.as_bytes()).unwrap();
+                let outcome = w.insert(odd, line.as_bytes());
+                if outcome == Insert::Full {
+                    full += 1;
+                    w.make_room(&odd, line.as_bytes());
+                    while !w.fits(&odd, line.as_bytes()) {
+                        let p = w.pop().expect("room must be made");
+                        if let Pop::Event(e) = p {
+                            let kept = w.take_payload(e.seq).expect("kept");
+                            assert_eq!(crate::event::parse(&kept).unwrap().seq, e.seq);
+                        }
+                        account(p, &mut prev, &mut accounted);
+                    }
+                    assert_eq!(w.insert(odd, line.as_bytes()), Insert::Stored);
+                } else if outcome == Insert::Duplicate {
+                    // Never refused as full: a duplicate costs nothing and skips nothing.
+                    assert_eq!(w.insert(odd, line.as_bytes()), Insert::Duplicate);
+                }
+                let line_max = 1002 + PAYLOAD_OVERHEAD; // the next event, popped at once
+                assert!(w.bytes() <= budget + line_max, "{} > {budget}", w.bytes());
+                if rng.below(50) == 0 {
+                    while let Some(p) = w.pop() {
+                        if let Pop::Event(e) = p {
+                            w.take_payload(e.seq).expect("kept");
+                        }
+                        account(p, &mut prev, &mut accounted);
+                    }
+                }
+            }
+            assert!(full > 0, "seed {seed}: the budget was never reached");
+        }
     }
 
     /// Far-ahead seqs, each `max` or more beyond the next expected one, with an event
@@ -423,13 +601,13 @@ mod tests {
     #[test]
     fn skipping_costs_steps_per_event_waiting_not_per_seq_skipped() {
         let max = 1 << 20;
-        let mut w = ReorderWindow::new(64, max);
+        let mut w = ReorderWindow::new(64, max, usize::MAX);
         let mut delivered = 0;
         for k in 1..=1000u64 {
             let far = k * 3 * max;
-            if w.insert(ev(far), b"") == Insert::TooFar {
-                w.make_room_for(far);
-                while !w.fits(far) {
+            if w.insert(ev(far), b"") == Insert::Full {
+                w.make_room(&ev(far), b"");
+                while !w.fits(&ev(far), b"") {
                     if let Some(Pop::Event(_)) = w.pop() {
                         delivered += 1;
                     }
@@ -451,7 +629,7 @@ mod tests {
 
     #[test]
     fn session_end_flushes_what_waits_in_order_then_resets() {
-        let mut w = ReorderWindow::new(4, 1000);
+        let mut w = ReorderWindow::new(4, 1000, usize::MAX);
         for s in [9, 3, 7, 4, 100] {
             w.insert(ev(s), b"");
         }
@@ -471,7 +649,7 @@ mod tests {
 
     #[test]
     fn non_canonical_payloads_come_back_unchanged() {
-        let mut w = ReorderWindow::new(4, 100);
+        let mut w = ReorderWindow::new(4, 100, usize::MAX);
         let odd = crate::event::parse(b"02|P|1|2").unwrap();
         w.insert(odd, b"02|P|1|2");
         w.insert(ev(1), b"1|B");
@@ -485,6 +663,7 @@ mod tests {
         let (from, through) = match p {
             Pop::Event(e) => (e.seq, e.seq),
             Pop::Skipped { from, through } => (from, through),
+            Pop::Wrapped => panic!("never generated"),
         };
         assert_eq!(from, *prev + 1, "nothing lost between pops");
         assert!(through >= from);
@@ -499,14 +678,14 @@ mod tests {
         for seed in 0..100 {
             let mut rng = Rng::new(seed);
             let max = 1 + rng.below(64);
-            let mut w = ReorderWindow::new(2, max);
+            let mut w = ReorderWindow::new(2, max, usize::MAX);
             let (mut prev, mut accounted, mut stored) = (0u64, 0u64, 0u64);
             for _ in 0..500 {
                 let s = w.next_seq() + rng.below(max + max / 2 + 1);
                 match w.insert(ev(s), b"") {
-                    Insert::TooFar => {
-                        w.make_room_for(s);
-                        while !w.fits(s) {
+                    Insert::Full => {
+                        w.make_room(&ev(s), b"");
+                        while !w.fits(&ev(s), b"") {
                             let p = w.pop().expect("make_room_for must let pop progress");
                             account(p, &mut prev, &mut accounted);
                         }

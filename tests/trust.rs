@@ -46,7 +46,9 @@ fn a_dropped_chatty_client_leaves_nothing_behind_for_the_next_connection() {
         // A client that never reads and never stops talking.
         let chatty = TcpStream::connect(s.clients).unwrap();
         common::set_socket_option(&chatty, libc::SO_RCVBUF, &4096);
-        (&chatty).write_all(format!("{}\r\n", 1 + round).as_bytes()).unwrap();
+        (&chatty)
+            .write_all(format!("{}\r\n", 1 + round).as_bytes())
+            .unwrap();
         let talker = {
             let c = chatty.try_clone().unwrap();
             std::thread::spawn(move || {
@@ -195,7 +197,14 @@ fn log_lines_name_each_connection_by_its_own_serial() {
     let mut named: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("invalid id"))
-        .map(|l| l.split("client ").nth(1).unwrap().split(' ').next().unwrap())
+        .map(|l| {
+            l.split("client ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+        })
         .collect();
     assert!(named.iter().all(|n| n.starts_with('#')), "{named:?}");
     named.dedup();
@@ -301,7 +310,11 @@ fn far_ahead_seqs_are_skipped_in_order() {
     bad.send(b"x\r\n");
     bad.expect_closed();
     let (_, log) = s.terminate();
-    assert_eq!(final_counter(&log, "skipped"), 2_000_000_000 - 2000, "{log}");
+    assert_eq!(
+        final_counter(&log, "skipped"),
+        2_000_000_000 - 2000,
+        "{log}"
+    );
 }
 
 /// Defect 6, end to end: a user with many connections following many authors comes and

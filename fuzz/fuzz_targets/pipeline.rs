@@ -1,13 +1,14 @@
 //! Fuzzes the pure pipeline with arbitrary bytes: splitter (cut into reads of sizes the
-//! input chooses) -> parser -> reorder window (small max, random gap skips) -> pops.
-//! Checks, beyond "no panic": every seq leaves the window at most once and in order, the
-//! ring never exceeds its bound, the splitter's buffer stays bounded, and the parser agrees
+//! input chooses) -> parser -> reorder window (small max, the smallest byte budget,
+//! random gap skips) -> pops. Checks, beyond "no panic": every seq leaves the window at
+//! most once and in order (across the wrap after u64::MAX), the ring and the bytes held
+//! never exceed their bounds, the splitter's buffer stays bounded, and the parser agrees
 //! with a naive one built on `split` and `str::parse`.
 #![no_main]
 
 use follower_maze::event::{parse, Event, Kind, Malformed, ParseError};
 use follower_maze::lines::{Line, LineSplitter};
-use follower_maze::window::{Insert, Pop, ReorderWindow};
+use follower_maze::window::{Insert, Pop, ReorderWindow, MIN_BUDGET, PAYLOAD_OVERHEAD};
 use libfuzzer_sys::fuzz_target;
 
 const MAX: u64 = 64;
@@ -20,8 +21,18 @@ struct Checker {
 impl Checker {
     fn account(&mut self, p: Pop) {
         let (from, through) = match p {
-            Pop::Event(e) => (e.seq, e.seq),
+            Pop::Event(e) => {
+                if !e.canonical {
+                    assert!(self.window.take_payload(e.seq).is_some());
+                }
+                (e.seq, e.seq)
+            }
             Pop::Skipped { from, through } => (from, through),
+            Pop::Wrapped => {
+                assert_eq!(self.prev, u64::MAX);
+                self.prev = 0;
+                return;
+            }
         };
         assert_eq!(from, self.prev.wrapping_add(1));
         assert!(through >= from);
@@ -36,9 +47,9 @@ impl Checker {
 
     fn offer(&mut self, ev: Event, raw: &[u8]) {
         match self.window.insert(ev, raw) {
-            Insert::TooFar => {
-                self.window.make_room_for(ev.seq);
-                while !self.window.fits(ev.seq) {
+            Insert::Full => {
+                self.window.make_room(&ev, raw);
+                while !self.window.fits(&ev, raw) {
                     let p = self.window.pop().expect("room must be made");
                     self.account(p);
                 }
@@ -48,6 +59,8 @@ impl Checker {
             Insert::Stored | Insert::Duplicate => {}
         }
         assert!(self.window.capacity() as u64 <= MAX.next_power_of_two());
+        // The next event may pass the budget by its own line until it is popped.
+        assert!(self.window.bytes() <= MIN_BUDGET + 32 + 2 + PAYLOAD_OVERHEAD);
     }
 }
 
@@ -100,7 +113,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&cut, data)) = data.split_first() else { return };
     let chunk = 1 + (cut as usize % 64);
     let mut lines = LineSplitter::new(32, chunk);
-    let mut c = Checker { window: ReorderWindow::new(2, MAX), prev: 0 };
+    let mut c = Checker { window: ReorderWindow::new(2, MAX, MIN_BUDGET), prev: 0 };
     let mut rest = data;
     while !rest.is_empty() {
         let spare = lines.spare();

@@ -57,6 +57,13 @@ impl Server {
     }
 
     fn admit(&mut self, side: Side, mut stream: TcpStream, addr: SocketAddr, now: Instant) {
+        let serial = self.serial();
+        if let Side::Clients = side {
+            if self.pending_ids >= self.cfg.max_unidentified || self.clients >= self.cfg.max_clients
+            {
+                self.evict_unidentified(now);
+            }
+        }
         let (role, interest) = match side {
             Side::Events if self.sources.len() >= MAX_SOURCES => {
                 self.stats.clients_rejected += 1;
@@ -64,7 +71,7 @@ impl Server {
                     self.warns,
                     Warn::Rejected,
                     now,
-                    "event source {addr} rejected: {MAX_SOURCES} already connected"
+                    "event source #{serial} ({addr}) rejected: {MAX_SOURCES} already connected"
                 );
                 return;
             }
@@ -74,7 +81,7 @@ impl Server {
                     self.warns,
                     Warn::Rejected,
                     now,
-                    "client {addr} rejected: --max-clients {} reached",
+                    "client #{serial} ({addr}) rejected: --max-clients {} reached",
                     self.cfg.max_clients
                 );
                 return;
@@ -99,18 +106,25 @@ impl Server {
             .registry()
             .register(&mut stream, Token(key), interest)
         {
-            warn_limited!(self.warns, Warn::Accept, now, "cannot register {addr}: {e}");
+            warn_limited!(
+                self.warns,
+                Warn::Accept,
+                now,
+                "cannot register #{serial} ({addr}): {e}"
+            );
             return;
         }
-        entry.insert(Conn::new(stream, role, now));
+        let conn = entry.insert(Conn::new(stream, serial, role, now));
+        let at = conn.at(key);
         match side {
             Side::Events => {
-                debug!("event source {addr} connected");
+                debug!("event source #{serial} connected from {addr}");
                 self.sources.push(Source {
-                    key,
+                    conn: at,
                     lines: LineSplitter::new(conn::MAX_EVENT_LINE, conn::SOURCE_CHUNK),
                     readable: true,
                     eof: false,
+                    failed: false,
                 });
                 if self.session.is_none() && !self.ending {
                     self.start_session(now);
@@ -118,16 +132,57 @@ impl Server {
                 self.work_left = true;
             }
             Side::Clients => {
-                trace!("client {addr} connected");
+                trace!("client #{serial} connected from {addr}");
                 self.clients += 1;
                 self.pending_ids += 1;
+                self.unidentified.push_back(at);
+                if self.unidentified.len() > 2 * self.pending_ids + 64 {
+                    // Entries of identified or closed connections pile up behind an old
+                    // one that is still waiting: drop them, so the queue stays bounded.
+                    let conns = &self.conns;
+                    self.unidentified.retain(|r| is_pending(conns, *r));
+                }
+            }
+        }
+    }
+
+    /// Makes room for a new client connection: the oldest connection still without an id
+    /// gives way (after a last look for its id, which may have arrived meanwhile).
+    fn evict_unidentified(&mut self, now: Instant) {
+        while let Some(r) = self.unidentified.pop_front() {
+            if !is_pending(&self.conns, r) {
+                continue;
+            }
+            self.read_id(r.key, now);
+            if is_pending(&self.conns, r) {
+                let name = self.conns[r.key].name();
+                self.stats.clients_evicted += 1;
+                warn_limited!(
+                    self.warns,
+                    Warn::BadId,
+                    now,
+                    "{name} closed: no id yet, gave way to a new connection (--max-unidentified {})",
+                    self.cfg.max_unidentified
+                );
+                self.close(r.key, now);
+                return;
+            }
+            if self.pending_ids < self.cfg.max_unidentified && self.clients < self.cfg.max_clients {
+                return; // it identified: room enough
             }
         }
     }
 
     // ---- connection readiness --------------------------------------------------------
 
-    pub(super) fn on_ready(&mut self, key: usize, readable: bool, writable: bool, now: Instant) {
+    pub(super) fn on_ready(
+        &mut self,
+        key: usize,
+        readable: bool,
+        writable: bool,
+        hung_up: bool,
+        now: Instant,
+    ) {
         let Some(conn) = self.conns.get_mut(key) else {
             return; // spurious: already removed
         };
@@ -137,28 +192,33 @@ impl Server {
         if writable {
             conn.blocked = false;
         }
-        if writable && conn.out.pending() > 0 && !conn.dirty {
-            conn.dirty = true;
-            self.dirty.push(key);
+        if writable && conn.out.pending() > 0 {
+            self.mark_dirty(key);
         }
-        if !readable {
-            return;
-        }
+        let conn = &mut self.conns[key];
         match conn.role {
-            Role::Source => {
-                if let Some(src) = self.sources.iter_mut().find(|s| s.key == key) {
+            Role::Source if readable => {
+                let at = conn.at(key);
+                if let Some(src) = self.sources.iter_mut().find(|s| s.conn == at) {
                     src.readable = true;
                     self.work_left = true;
                 }
             }
-            Role::Pending { .. } => self.read_id(key, now),
-            Role::Client { .. } => self.read_client(key, now),
+            Role::Pending { .. } if readable => self.read_id(key, now),
+            // A half-closed client is written to until its peer is gone for good.
+            Role::Client { .. } if hung_up && conn.input_closed => {
+                debug!("{} disconnected (hang-up)", conn.name());
+                self.close(key, now);
+            }
+            Role::Client { .. } if readable && !conn.input_closed => self.read_client(key, now),
+            _ => {}
         }
     }
 
     /// Reads a pending client's id line; identifies it, or closes it.
     fn read_id(&mut self, key: usize, now: Instant) {
         let conn = &mut self.conns[key];
+        let name = conn.name();
         let Role::Pending { lines, .. } = &mut conn.role else {
             return;
         };
@@ -187,37 +247,45 @@ impl Server {
                 self.pending_ids -= 1;
                 self.stats.clients_connected += 1;
                 self.router.connect(user, key);
-                debug!("client {key} identified as user {user}");
+                debug!("{name} identified as user {user}");
                 // Whatever followed the id is discarded, up to `WouldBlock` (edge-triggered).
                 self.read_client(key, now);
             }
-            Err(None) => self.close(key, now),
+            Err(None) => {
+                debug!("{name} disconnected before sending an id");
+                self.close(key, now);
+            }
             Err(Some(why)) => {
                 self.stats.clients_bad_id += 1;
                 warn_limited!(
                     self.warns,
                     Warn::BadId,
                     now,
-                    "client {key} closed: invalid id {why:?}"
+                    "{name} closed: invalid id {why:?}"
                 );
                 self.close(key, now);
             }
         }
     }
 
-    /// Discards an identified client's input; notices its disconnect.
+    /// Discards an identified client's input; notices its disconnect or its half-close.
     fn read_client(&mut self, key: usize, now: Instant) {
         let conn = &mut self.conns[key];
+        debug_assert!(matches!(conn.role, Role::Client { .. }));
         let (n, state) = conn::discard(&mut conn.stream, CLIENT_READ_BUDGET);
         self.stats.bytes_in += n as u64;
         match state {
             Filled::WouldBlock => {}
-            Filled::Bytes(_) => self.unread.push(key),
-            Filled::Closed(e) => {
-                if let Some(e) = e {
-                    warn_limited!(self.warns, Warn::ConnError, now, "client {key}: {e}");
-                }
-                debug!("client {key} disconnected");
+            Filled::Bytes(_) => self.unread.push(conn.at(key)),
+            // End of input is not a disconnect: the client may still be reading.
+            Filled::Closed(None) => {
+                debug!("{} half-closed: still delivering to it", conn.name());
+                conn.input_closed = true;
+            }
+            Filled::Closed(Some(e)) => {
+                let name = conn.name();
+                warn_limited!(self.warns, Warn::ConnError, now, "{name}: {e}");
+                debug!("{name} disconnected");
                 self.close(key, now);
             }
         }
@@ -228,9 +296,9 @@ impl Server {
             return;
         }
         let mut unread = std::mem::take(&mut self.unread);
-        for &key in &unread {
-            if self.conns.get(key).is_some_and(|c| !c.closing) {
-                self.read_client(key, now);
+        for &r in &unread {
+            if self.live(r).is_some() {
+                self.read_client(r.key, now);
             }
         }
         unread.clear();
@@ -238,4 +306,11 @@ impl Server {
             self.unread = unread; // keep the capacity
         }
     }
+}
+
+/// Whether `r` is a live connection still waiting for its id.
+fn is_pending(conns: &Slab<Conn>, r: ConnRef) -> bool {
+    conns.get(r.key).is_some_and(|c| {
+        c.serial == r.serial && !c.closing && matches!(c.role, Role::Pending { .. })
+    })
 }

@@ -12,9 +12,15 @@
 //! 4. flush: one `write` per connection that got output this turn;
 //! 5. reap: connections flagged for closing during the turn are removed (never in the
 //!    middle of a dispatch, so no key goes stale under anyone's feet).
+//!
+//! Lists that outlive a turn (dirty, unread, unidentified) hold [`ConnRef`]s, key and
+//! serial, and every reader checks the serial: a slot reused by a newer connection is
+//! never mistaken for the one that was listed. Structures indexed by plain keys (the
+//! router, a delivery's recipients) drop a connection in `close`, before its slot can be
+//! reused.
 
 use crate::config::Config;
-use crate::conn::{self, Conn, Filled, Role};
+use crate::conn::{self, Conn, ConnRef, Filled, Role};
 use crate::event::{self, Event, Kind, Malformed, ParseError, MAX_RENDERED};
 use crate::lines::{Line, LineSplitter};
 use crate::router::Router;
@@ -25,6 +31,7 @@ use log::{debug, error, info, trace};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -76,7 +83,10 @@ pub struct Server {
     event_listener: Option<TcpListener>,
     client_listener: Option<TcpListener>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
+    // ---- connections (intake.rs accepts and reads them, close/reap here remove them)
     conns: Slab<Conn>,
+    /// The next connection's serial.
+    next_serial: u64,
     sources: Vec<Source>,
     /// Round-robin cursor over `sources`.
     next_source: usize,
@@ -84,6 +94,9 @@ pub struct Server {
     clients: usize,
     /// Client connections still waiting for their id.
     pending_ids: usize,
+    /// Those connections, oldest first (entries of ones since identified or closed are
+    /// dropped lazily); the oldest gives way when `--max-unidentified` is reached.
+    unidentified: VecDeque<ConnRef>,
     /// Connections with output pending.
     with_output: usize,
     /// Connections over the client buffer limit; sources are not read while non-zero.
@@ -102,17 +115,20 @@ pub struct Server {
     /// Scratch: a notification with a non-canonical payload.
     note: Vec<u8>,
     /// Connections that got output since the last flush.
-    dirty: Vec<usize>,
+    dirty: Vec<ConnRef>,
     /// Connections flagged for closing, removed after dispatch.
-    closing: Vec<usize>,
+    closing: Vec<ConnRef>,
     /// Identified clients with input left unread after their budget.
-    unread: Vec<usize>,
+    unread: Vec<ConnRef>,
     session: Option<Session>,
     sessions: u64,
     /// The last source left: flushing the window before the reset.
     ending: bool,
     stats: Counters,
     warns: WarnLimiter,
+    /// Longest loop turn since the last stats line, and since start.
+    longest_turn: Duration,
+    longest_turn_ever: Duration,
     /// The gap clock: last delivery, or when events started waiting, or resume.
     gap_since: Instant,
     next_tick: Instant,
@@ -146,7 +162,7 @@ impl Server {
             .register(&mut clients, CLIENT_LISTENER, Interest::READABLE)?;
         let now = Instant::now();
         Ok(Server {
-            window: ReorderWindow::new(INITIAL_WINDOW, cfg.max_window),
+            window: ReorderWindow::new(INITIAL_WINDOW, cfg.max_window, cfg.window_bytes),
             next_stats: cfg.stats_interval.map(|i| now + i),
             warns: WarnLimiter::new(cfg.stats_interval.unwrap_or(Duration::from_secs(10)), now),
             cfg,
@@ -155,10 +171,12 @@ impl Server {
             client_listener: Some(clients),
             signals: None,
             conns: Slab::new(),
+            next_serial: 1,
             sources: Vec::new(),
             next_source: 0,
             clients: 0,
             pending_ids: 0,
+            unidentified: VecDeque::new(),
             with_output: 0,
             over_limit: 0,
             pending_total: 0,
@@ -174,6 +192,8 @@ impl Server {
             sessions: 0,
             ending: false,
             stats: Counters::default(),
+            longest_turn: Duration::ZERO,
+            longest_turn_ever: Duration::ZERO,
             gap_since: now,
             next_tick: now,
             accept_paused_until: None,
@@ -185,10 +205,12 @@ impl Server {
         })
     }
 
-    /// Stop gracefully on SIGINT and SIGTERM (delivered through the poll loop).
+    /// Stop gracefully on SIGINT, SIGTERM and SIGHUP (delivered through the poll loop). A
+    /// hang-up means the terminal or the session that started us is gone: for a server
+    /// that is a request to stop, and it stops the same careful way.
     pub fn handle_signals(&mut self) -> io::Result<()> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         self.poll
             .registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -231,7 +253,8 @@ impl Server {
                     SIGNALS => self.on_signal(),
                     Token(key) => {
                         let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                        self.on_ready(key, readable, ev.is_writable(), now);
+                        let hung_up = ev.is_error() || ev.is_write_closed();
+                        self.on_ready(key, readable, ev.is_writable(), hung_up, now);
                     }
                 }
             }
@@ -240,9 +263,28 @@ impl Server {
             self.pump(now);
             self.flush(now);
             self.reap();
+            let turn = now.elapsed();
+            self.longest_turn = self.longest_turn.max(turn);
+            self.longest_turn_ever = self.longest_turn_ever.max(turn);
             if self.shutdown {
                 return self.finish();
             }
+        }
+    }
+
+    /// The live connection `r` names, if it is still there and not closing.
+    fn live(&mut self, r: ConnRef) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(r.key)
+            .filter(|c| c.serial == r.serial && !c.closing)
+    }
+
+    /// Lists `key` for the end-of-turn flush (once).
+    fn mark_dirty(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(conn.at(key));
         }
     }
 
@@ -282,10 +324,10 @@ impl Server {
         let was_paused = self.paused();
         self.trim_wanted |= self.pending_total > TRIM_AFTER;
         let mut dirty = std::mem::take(&mut self.dirty);
-        for &key in &dirty {
-            if let Some(conn) = self.conns.get_mut(key) {
+        for &r in &dirty {
+            if let Some(conn) = self.live(r) {
                 conn.dirty = false;
-                self.write_out(key, now);
+                self.write_out(r.key, now);
             }
         }
         dirty.clear();
@@ -296,7 +338,8 @@ impl Server {
         }
     }
 
-    /// One `write` of `key`'s pending output, and the accounting that goes with it.
+    /// One `write` of `key`'s pending output, and the accounting that goes with it. `key`
+    /// is a live slot: a recipient of the event being delivered, or checked by `live`.
     fn write_out(&mut self, key: usize, now: Instant) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
@@ -325,14 +368,9 @@ impl Server {
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.blocked = true,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                if !conn.dirty {
-                    conn.dirty = true;
-                    self.dirty.push(key);
-                }
-            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => self.mark_dirty(key),
             Err(e) => {
-                debug!("client {key}: write failed: {e}");
+                debug!("{} disconnected (write failed: {e})", conn.name());
                 self.close(key, now);
             }
         }
@@ -354,7 +392,7 @@ impl Server {
             return;
         }
         conn.closing = true;
-        self.closing.push(key);
+        self.closing.push(conn.at(key));
         if conn.out.pending() > 0 {
             self.with_output -= 1;
             self.pending_total -= conn.out.pending();
@@ -363,7 +401,9 @@ impl Server {
             self.over_limit -= 1;
         }
         match conn.role {
-            Role::Source => {}
+            Role::Source => {
+                debug_assert!(!self.sources.iter().any(|s| s.conn == conn.at(key)));
+            }
             Role::Pending { .. } => {
                 self.clients -= 1;
                 self.pending_ids -= 1;
@@ -379,10 +419,19 @@ impl Server {
     }
 
     fn reap(&mut self) {
-        for key in self.closing.drain(..) {
-            let mut conn = self.conns.remove(key);
-            let _ = self.poll.registry().deregister(&mut conn.stream);
+        for r in self.closing.drain(..) {
+            if self.conns.get(r.key).is_some_and(|c| c.serial == r.serial) {
+                let mut conn = self.conns.remove(r.key);
+                let _ = self.poll.registry().deregister(&mut conn.stream);
+            }
         }
+    }
+
+    /// A serial for a new connection.
+    fn serial(&mut self) -> u64 {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        serial
     }
 
     /// Shutdown: stop accepting, give pending output up to a second, log final stats.
@@ -400,7 +449,7 @@ impl Server {
             for (key, conn) in self.conns.iter_mut() {
                 if conn.out.pending() > 0 && !conn.dirty && !conn.closing {
                     conn.dirty = true;
-                    self.dirty.push(key);
+                    self.dirty.push(conn.at(key));
                 }
             }
             self.flush(now);
@@ -420,7 +469,11 @@ impl Server {
                 self.with_output
             );
         }
-        info!("final stats: {}", self.stats);
+        info!(
+            "final stats: {} longest_turn_us={}",
+            self.stats,
+            self.longest_turn_ever.as_micros()
+        );
         Ok(())
     }
 }

@@ -6,12 +6,15 @@ use super::*;
 /// An event source's read side. Kept outside the slab so a line can be parsed while the
 /// rest of the server is borrowed for delivery.
 pub(super) struct Source {
-    pub(super) key: usize,
+    pub(super) conn: ConnRef,
     pub(super) lines: LineSplitter,
     /// The socket may hold unread bytes (set on readiness, cleared on `WouldBlock`).
     pub(super) readable: bool,
     /// The peer closed; buffered lines are still to be processed.
     pub(super) eof: bool,
+    /// The stream ended in a reset or an error, not a clean close: an unterminated last
+    /// line is a line cut short, and is discarded.
+    pub(super) failed: bool,
 }
 
 /// What one source line turned out to be.
@@ -44,16 +47,28 @@ impl Server {
                         self.deliver(&ev, payload.as_deref(), now);
                     }
                     Pop::Skipped { from, through } => self.skipped(from, through, now),
+                    Pop::Wrapped => {
+                        warn_limited!(
+                            self.warns,
+                            Warn::Skipped,
+                            now,
+                            "seq {} delivered: the sequence space is used up, next seq is 1",
+                            u64::MAX
+                        );
+                    }
                 }
                 continue;
             }
             if let Some((ev, payload)) = self.held.take() {
                 // `pop` found nothing to skip, so the room was made.
-                debug_assert!(self.window.fits(ev.seq));
-                let stored = self
-                    .window
-                    .insert(ev, payload.as_deref().unwrap_or_default());
+                let payload = payload.as_deref().unwrap_or_default();
+                let stored = self.window.insert(ev, payload);
                 debug_assert_eq!(stored, Insert::Stored);
+                if stored != Insert::Stored {
+                    // Not reached (the window keeps room for any one event); should it be,
+                    // dropping one event beats looping forever.
+                    self.stats.late_or_duplicate += 1;
+                }
                 continue;
             }
             if self.ending {
@@ -103,7 +118,21 @@ impl Server {
                 return Some(take(line, &mut self.raw));
             }
             if src.eof {
-                let tail = src.lines.take_tail().map(|l| take(l, &mut self.raw));
+                let tail = if src.failed {
+                    if src.lines.buffered() > 0 || src.lines.is_discarding() {
+                        self.stats.truncated_lines += 1;
+                        warn_limited!(
+                            self.warns,
+                            Warn::ConnError,
+                            now,
+                            "event source #{}: unterminated last line discarded (the connection failed)",
+                            src.conn.serial
+                        );
+                    }
+                    None
+                } else {
+                    src.lines.take_tail().map(|l| take(l, &mut self.raw))
+                };
                 self.close_source(i, now);
                 if tail.is_some() {
                     return tail;
@@ -119,7 +148,7 @@ impl Server {
                 self.work_left = true;
                 return None;
             }
-            let conn = &mut self.conns[src.key];
+            let conn = &mut self.conns[src.conn.key];
             match conn::fill(&mut conn.stream, &mut src.lines) {
                 Filled::Bytes(n) => {
                     self.stats.bytes_in += n as u64;
@@ -138,9 +167,10 @@ impl Server {
                             self.warns,
                             Warn::ConnError,
                             now,
-                            "event source {}: {e}",
-                            src.key
+                            "event source #{}: {e}",
+                            src.conn.serial
                         );
+                        src.failed = true;
                     }
                     src.eof = true;
                 }
@@ -201,8 +231,8 @@ impl Server {
                     ev.seq
                 );
             }
-            Insert::TooFar => {
-                self.window.make_room_for(ev.seq);
+            Insert::Full => {
+                self.window.make_room(&ev, &self.raw);
                 let payload = (!ev.canonical).then(|| self.raw.as_slice().into());
                 self.held = Some((ev, payload));
             }
@@ -268,13 +298,13 @@ impl Server {
             conn.out.append(note);
             self.pending_total += note.len();
             self.stats.notifications += 1;
-            if !conn.dirty {
-                conn.dirty = true;
-                self.dirty.push(key);
-            }
             if !conn.over_limit && conn.out.pending() > limit {
                 conn.over_limit = true;
                 self.over_limit += 1;
+            }
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(conn.at(key));
             }
         }
         self.note = scratch;

@@ -26,8 +26,8 @@ impl Server {
 
     pub(super) fn close_source(&mut self, i: usize, now: Instant) {
         let src = self.sources.swap_remove(i);
-        debug!("event source {} disconnected", src.key);
-        self.close(src.key, now);
+        debug!("event source #{} disconnected", src.conn.serial);
+        self.close(src.conn.key, now);
         if !self.sources.is_empty() {
             return;
         }

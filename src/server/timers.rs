@@ -12,7 +12,10 @@ impl Server {
             self.accept(Side::Clients, now);
         }
         if let Some(gap) = self.cfg.gap_timeout {
-            if !self.paused() && self.held.is_none() && now >= self.gap_since + gap {
+            // Bytes a source already sent are not lost: after a turn that came late (a
+            // starved process), read them before deciding anything is missing.
+            let unread = self.sources.iter().any(|s| s.readable || s.eof);
+            if !self.paused() && !unread && self.held.is_none() && now >= self.gap_since + gap {
                 if let Some(Pop::Skipped { from, through }) = self.window.skip_gap() {
                     self.skipped(from, through, now);
                 }
@@ -62,13 +65,14 @@ impl Server {
             }
         }
         for (key, stalled) in expired {
+            let name = self.conns[key].name();
             if stalled {
                 self.stats.clients_stalled += 1;
                 warn_limited!(
                     self.warns,
                     Warn::Stalled,
                     now,
-                    "client {key} closed: took no bytes for {stall:?} with {} pending",
+                    "{name} closed: took no bytes for {stall:?} with {} pending",
                     self.conns[key].out.pending()
                 );
             } else {
@@ -77,7 +81,7 @@ impl Server {
                     self.warns,
                     Warn::BadId,
                     now,
-                    "client {key} closed: no id within {:?}",
+                    "{name} closed: no id within {:?}",
                     self.cfg.auth_timeout
                 );
             }
@@ -85,17 +89,22 @@ impl Server {
         }
     }
 
-    fn log_stats(&self) {
+    fn log_stats(&mut self) {
         info!(
-            "stats: {} | sources={} clients={} window={}/{} waiting={} next_seq={}",
+            "stats: {} | sources={} clients={} unidentified={} window={}/{} waiting={} window_bytes={}/{} next_seq={} longest_turn_us={}",
             self.stats,
             self.sources.len(),
             self.clients,
+            self.pending_ids,
             self.window.capacity(),
-            self.cfg.max_window,
+            self.window.max(),
             self.window.waiting(),
-            self.window.next_seq()
+            self.window.bytes(),
+            self.window.budget(),
+            self.window.next_seq(),
+            self.longest_turn.as_micros()
         );
+        self.longest_turn = Duration::ZERO;
     }
 }
 
