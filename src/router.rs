@@ -6,6 +6,7 @@
 
 use crate::event::{Event, Kind};
 use hashbrown::{HashMap, HashSet};
+use slab::Slab;
 
 /// Connection key, as in the server's slab. The server disconnects a connection here
 /// before its key can be reused.
@@ -16,19 +17,23 @@ pub type ConnId = usize;
 /// A status update is the costly rule: its author may have thousands of followers, few of
 /// them connected. So besides the graph (`following`, kept for every user) the router
 /// keeps, per author, its *connected* followers, updated on follow and unfollow and when
-/// a user's first connection arrives or its last one leaves; a status update then costs
-/// one lookup per connected follower. The index holds users, not connections, so it
-/// never holds more entries than the graph has edges, and a connection that comes or
-/// goes while its user has others costs O(1) however many users that user follows.
+/// a user's first connection arrives or its last one leaves. A connected user has a slot
+/// in `online`, its connections in one list there; the index holds those slots, so a
+/// status update costs one hash lookup, then one plain index per connected follower. The
+/// index never holds more entries than the graph has edges, and a connection that comes
+/// or goes while its user has others costs O(1), however many users that user follows.
 #[derive(Default)]
 pub struct Router {
     /// user -> the users they follow.
     following: HashMap<u64, UserSet>,
-    /// author -> the author's followers that have a connection.
+    /// author -> the `online` slots of the author's connected followers.
     connected_followers: HashMap<u64, UserSet>,
-    /// user -> that user's identified connections (usually one).
-    clients: HashMap<u64, Vec<ConnId>>,
-    /// conn -> its index in its user's list in `clients`, so it leaves in O(1).
+    /// user -> its slot in `online`, for users with an identified connection.
+    slot_of: HashMap<u64, usize>,
+    /// slot -> a connected user and its identified connections (usually one). A slot is
+    /// freed when the user's last connection leaves, after it left every index set.
+    online: Slab<(u64, Vec<ConnId>)>,
+    /// conn -> its index in its user's list, so it leaves in O(1).
     positions: Vec<u32>,
 }
 
@@ -39,7 +44,12 @@ impl Router {
 
     /// Registers `conn` as a connection of `user`; it receives events routed from now on.
     pub fn connect(&mut self, user: u64, conn: ConnId) {
-        let conns = self.clients.entry(user).or_default();
+        let online = &mut self.online;
+        let slot = *self
+            .slot_of
+            .entry(user)
+            .or_insert_with(|| online.insert((user, Vec::new())));
+        let conns = &mut self.online[slot].1;
         if conn >= self.positions.len() {
             self.positions.resize(conn + 1, 0);
         }
@@ -50,16 +60,20 @@ impl Router {
         }
         if let Some(authors) = self.following.get(&user) {
             authors.for_each(|a| {
-                self.connected_followers.entry(a).or_default().insert(user);
+                self.connected_followers
+                    .entry(a)
+                    .or_default()
+                    .insert(slot as u64);
             });
         }
     }
 
     /// Forgets `conn`. Unknown pairs are ignored.
     pub fn disconnect(&mut self, user: u64, conn: ConnId) {
-        let Some(conns) = self.clients.get_mut(&user) else {
+        let Some(&slot) = self.slot_of.get(&user) else {
             return;
         };
+        let conns = &mut self.online[slot].1;
         let Some(&i) = self.positions.get(conn) else {
             return;
         };
@@ -74,22 +88,23 @@ impl Router {
         if !conns.is_empty() {
             return;
         }
-        self.clients.remove(&user);
         if let Some(authors) = self.following.get(&user) {
             authors.for_each(|a| {
                 if let Some(set) = self.connected_followers.get_mut(&a) {
-                    set.remove(user);
+                    set.remove(slot as u64);
                     if set.len() == 0 {
                         self.connected_followers.remove(&a);
                     }
                 }
             });
         }
+        self.slot_of.remove(&user);
+        self.online.remove(slot);
     }
 
     /// Identified connections now.
     pub fn connections(&self) -> usize {
-        self.clients.values().map(Vec::len).sum()
+        self.online.iter().map(|(_, (_, conns))| conns.len()).sum()
     }
 
     /// Follow edges now.
@@ -103,11 +118,13 @@ impl Router {
         match ev.kind {
             Kind::Follow => {
                 let added = self.following.entry(ev.from).or_default().insert(ev.to);
-                if added && self.clients.contains_key(&ev.from) {
-                    self.connected_followers
-                        .entry(ev.to)
-                        .or_default()
-                        .insert(ev.from);
+                if added {
+                    if let Some(&slot) = self.slot_of.get(&ev.from) {
+                        self.connected_followers
+                            .entry(ev.to)
+                            .or_default()
+                            .insert(slot as u64);
+                    }
                 }
                 self.user_conns(ev.to, out);
             }
@@ -116,9 +133,9 @@ impl Router {
                     .following
                     .get_mut(&ev.from)
                     .is_some_and(|s| s.remove(ev.to));
-                if removed {
+                if let (true, Some(&slot)) = (removed, self.slot_of.get(&ev.from)) {
                     if let Some(set) = self.connected_followers.get_mut(&ev.to) {
-                        set.remove(ev.from);
+                        set.remove(slot as u64);
                         if set.len() == 0 {
                             self.connected_followers.remove(&ev.to);
                         }
@@ -126,23 +143,24 @@ impl Router {
                 }
             }
             Kind::Broadcast => {
-                for conns in self.clients.values() {
-                    out.extend_from_slice(conns);
+                for (_, (_, conns)) in self.online.iter() {
+                    extend(out, conns);
                 }
             }
             Kind::Private => self.user_conns(ev.to, out),
             Kind::Status => {
                 if let Some(followers) = self.connected_followers.get(&ev.from) {
-                    followers.for_each(|f| self.user_conns(f, out));
+                    followers.for_each(|slot| extend(out, &self.online[slot as usize].1));
                 }
             }
             Kind::NoOp => {}
         }
     }
 
+    #[inline]
     fn user_conns(&self, user: u64, out: &mut Vec<ConnId>) {
-        if let Some(conns) = self.clients.get(&user) {
-            out.extend_from_slice(conns);
+        if let Some(&slot) = self.slot_of.get(&user) {
+            extend(out, &self.online[slot].1);
         }
     }
 
@@ -153,9 +171,19 @@ impl Router {
     }
 }
 
-/// A set of users: a plain list while short (most users follow a few, and a list costs a
-/// third of a hash set's memory), a hash set once past `FEW`, so that a user following
-/// thousands, or an author with thousands of connected followers, costs no linear scans.
+/// `out.extend_from_slice(conns)`, without a `memcpy` call for the usual single one.
+#[inline(always)]
+fn extend(out: &mut Vec<ConnId>, conns: &[ConnId]) {
+    match conns {
+        [one] => out.push(*one),
+        more => out.extend_from_slice(more),
+    }
+}
+
+/// A set of ids (users, or `online` slots): a plain list while short (most users follow a
+/// few, and a list costs a third of a hash set's memory), a hash set once past `FEW`, so
+/// that a user following thousands, or an author with thousands of connected followers,
+/// costs no linear scans.
 enum UserSet {
     Few(Vec<u64>),
     /// Boxed: rare, and unboxed it would make every map entry 16 bytes larger.
