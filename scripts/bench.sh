@@ -6,6 +6,7 @@
 #
 #   scripts/bench.sh [WORKLOAD ...]     default: classic 10k-clients deep-disorder broadcast-heavy
 #   RUNS=3 scripts/bench.sh classic     medians of three runs
+#   scripts/bench.sh adversarial        work per input byte of each attack (below)
 #   SERVER_CMD='java -jar other.jar' scripts/bench.sh   any server of the protocol; it gets
 #                                       eventListenerPort / clientListenerPort in its env
 #
@@ -13,6 +14,15 @@
 # 10k-clients (2M events, 10,000 clients, 100,000 users), deep-disorder (2M events,
 # batches of 200,000), broadcast-heavy (2M events, 5% broadcasts), soak (100M events,
 # server RSS sampled every second). Each run gets a fresh server.
+#
+# adversarial: each attack of maze-sim's adversarial scenario against a fresh server, one
+# row per attack: input bytes sent (both ports), server CPU s (user+sys while the attack
+# ran), server CPU ns per input byte, the server's longest loop turn (longest_turn_us= of
+# its last "final stats:" line after SIGTERM; "-" when it logs none), peak RSS (VmHWM),
+# and the freeze probe's p50 and max latency (connect, send an invalid id, time until the
+# server closes). ADV_ATTACKS picks attacks; attack sizes are maze-sim's variables
+# (farLines=1000 scripts/bench.sh adversarial); ADV_TIMEOUT_MS (60000) bounds each wait;
+# ADV_VERBOSE=1 adds maze-sim's summary line. adversarial-smoke: every attack, tiny sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
@@ -49,8 +59,61 @@ field() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"; }
 
 row() { printf '%-16s %-6s %12s %14s %12s %14s %10s %s\n' "$@"; }
 
-row workload run events/s notifications/s server_cpu_s server_rss_kib sim_cpu_s result
+ADV_ATTACKS=${ADV_ATTACKS:-far-ahead far-ahead-max follow-storm disconnect-storm zero-padded chatty}
+
+adv_row() { printf '%-17s %-4s %12s %13s %12s %16s %13s %13s %13s %s\n' "$@"; }
+
+# Stops server $1 with SIGTERM and waits for it to exit (SIGKILL after 15 s).
+stop_server() {
+  kill -TERM "$1" 2>/dev/null || return 0
+  for _ in $(seq 1 150); do
+    kill -0 "$1" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+# One fresh server per attack; the server's stderr is kept for its final stats line.
+# With "smoke": every attack at a tiny size, a few seconds in all (does each still pass?).
+ADV_SMOKE="farLines=50 followCount=200 stormConnections=200 stormFollows=100 paddedEvents=2000
+  chattyClients=4 chattyBytes=1000000 chattyEvents=5000 chattyMs=500"
+adversarial() {
+  local sizes=
+  [ "${1:-}" != smoke ] || sizes=$ADV_SMOKE
+  # The disconnect storm holds thousands of connections on both sides.
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  adv_row attack run input_bytes server_cpu_s ns_per_byte longest_turn_ms peak_rss_kib probe_p50_ms probe_max_ms result
+  for a in $ADV_ATTACKS; do
+    for run in $(seq 1 "$RUNS"); do
+      log=$(mktemp)
+      eventListenerPort=$EPORT clientListenerPort=$CPORT bash -c "exec $SERVER_CMD" 2>"$log" &
+      pid=$!
+      wait_port "$EPORT" && wait_port "$CPORT"
+      summary=$(env $sizes eventListenerPort=$EPORT clientListenerPort=$CPORT logLevel=${logLevel:-info} \
+        timeout=${ADV_TIMEOUT_MS:-60000} ./target/release/maze-sim --scenario adversarial \
+        --attack "$a" --server-pid "$pid" 2>"$log.sim" | tail -n 1) || true
+      stop_server "$pid"
+      turn=$(grep 'final stats:' "$log" | tail -n 1 | tr ' ' '\n' | sed -n 's/^longest_turn_us=//p')
+      turn=$(awk -v t="$turn" 'BEGIN { if (t == "") print "-"; else printf "%.1f", t / 1000 }')
+      adv_row "$a" "$run" "$(field input_bytes "$summary")" "$(field server_cpu_s "$summary")" \
+        "$(field server_ns_per_byte "$summary")" "$turn" "$(field server_peak_rss_kib "$summary")" \
+        "$(field probe_p50_ms "$summary")" "$(field probe_max_ms "$summary")" "$(field result "$summary")"
+      [ "$(field result "$summary")" = pass ] || { echo "--- maze-sim:"; tail -5 "$log.sim"; }
+      [ -z "${ADV_VERBOSE:-}" ] || { echo "  $summary"; sed -n 's/^\[INFO\] round/  round/p' "$log.sim"; }
+      rm -f "$log" "$log.sim"
+    done
+  done
+}
+
+header=
 for w in "${workloads[@]}"; do
+  if [ "$w" = adversarial ] || [ "$w" = adversarial-smoke ]; then
+    adversarial "${w#adversarial-}"
+    header=
+    continue
+  fi
+  [ -n "$header" ] || { row workload run events/s notifications/s server_cpu_s server_rss_kib sim_cpu_s result; header=1; }
   envs=$(workload_env "$w")
   rows=()
   for run in $(seq 1 "$RUNS"); do

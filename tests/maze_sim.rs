@@ -198,3 +198,46 @@ fn a_wrong_port_fails_with_a_reason_and_a_summary() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("connect to clients port"));
 }
+
+/// The adversarial workload's attacks, each at a tiny size against a fresh server: every
+/// one must pass its own correctness check and report its measurements.
+#[test]
+fn adversarial_attacks_at_a_small_size() {
+    for attack in [
+        "far-ahead",
+        "far-ahead-max",
+        "follow-storm",
+        "disconnect-storm",
+        "zero-padded",
+        "chatty",
+    ] {
+        let server = Server::start(&[]);
+        let (ok, summary, output) = sim(
+            &server,
+            "adversarial",
+            &[
+                ("attack", attack),
+                ("farLines", "50"),
+                ("followCount", "200"),
+                ("stormConnections", "200"),
+                ("stormFollows", "100"),
+                ("paddedEvents", "2000"),
+                ("chattyClients", "4"),
+                ("chattyBytes", "1000000"),
+                ("chattyEvents", "5000"),
+                ("chattyMs", "500"),
+            ],
+        );
+        assert!(
+            ok,
+            "{attack} failed:\n{output}\nserver log:\n{}",
+            server.log()
+        );
+        assert_eq!(field(&summary, "attack"), attack);
+        assert!(field(&summary, "input_bytes").parse::<u64>().unwrap() > 0);
+        assert!(
+            field(&summary, "probe_max_ms").parse::<f64>().is_ok(),
+            "{summary}"
+        );
+    }
+}

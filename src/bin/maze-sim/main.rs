@@ -5,6 +5,7 @@
 //! client with mio, and helpers for misbehaving or churning clients. Prints the classic
 //! banner on success, a precise reason on failure, and always a `key=value` summary last.
 
+mod adversarial;
 mod gen;
 mod model;
 mod source;
@@ -33,9 +34,10 @@ enum Scenario {
     Churn,
     TwoSessions,
     Soak,
+    Adversarial,
 }
 
-const SCENARIOS: [(&str, Scenario); 11] = [
+const SCENARIOS: [(&str, Scenario); 12] = [
     ("standard", Scenario::Standard),
     ("junk", Scenario::Junk),
     ("fragmented", Scenario::Fragmented),
@@ -47,6 +49,7 @@ const SCENARIOS: [(&str, Scenario); 11] = [
     ("churn", Scenario::Churn),
     ("two-sessions", Scenario::TwoSessions),
     ("soak", Scenario::Soak),
+    ("adversarial", Scenario::Adversarial),
 ];
 
 #[derive(Clone, Debug)]
@@ -65,6 +68,8 @@ struct Settings {
     server_pid: Option<u32>,
     grace: Duration,
     broadcast_permille: u64,
+    /// Scenario adversarial: the attack and its sizes.
+    adversarial: Option<adversarial::Config>,
 }
 
 const USAGE: &str = "\
@@ -77,7 +82,7 @@ maxEventSourceBatchSize 100, logInterval 1000 (ms), logLevel info; also host 127
 graceMs 300, broadcastPermille 5, scenario standard.
 
 Scenarios: standard junk fragmented deep-disorder gaps never-reads multi-conn misbehaving
-churn two-sessions soak";
+churn two-sessions soak adversarial";
 
 fn settings() -> Result<Settings, String> {
     let mut vars: Vec<(String, String)> = std::env::vars().collect();
@@ -85,7 +90,7 @@ fn settings() -> Result<Settings, String> {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "-h" || a == "--help" {
-            return Err(USAGE.to_owned());
+            return Err(format!("{USAGE}\n\n{}", adversarial::USAGE));
         }
         let name = a
             .strip_prefix("--")
@@ -116,15 +121,6 @@ fn settings() -> Result<Settings, String> {
             .find(|(n, _)| n == k)
             .map(|(_, v)| v.clone())
     };
-    fn num<T: std::str::FromStr>(v: Option<String>, name: &str, default: T) -> Result<T, String> {
-        match v {
-            None => Ok(default),
-            Some(v) => v
-                .trim()
-                .parse()
-                .map_err(|_| format!("bad value '{v}' for {name}")),
-        }
-    }
     let scenario_name = get("scenario").unwrap_or_else(|| "standard".into());
     let scenario = SCENARIOS
         .iter()
@@ -148,7 +144,15 @@ fn settings() -> Result<Settings, String> {
         clients,
         users: num(get("numberOfUsers"), "numberOfUsers", clients * 10)?,
         seed: num(get("randomSeed"), "randomSeed", 666)?,
-        timeout: Duration::from_millis(num(get("timeout"), "timeout", 20_000)?),
+        // Adversarial attacks may legitimately freeze a server for tens of seconds.
+        timeout: Duration::from_millis(num(
+            get("timeout"),
+            "timeout",
+            match scenario {
+                Scenario::Adversarial => 60_000,
+                _ => 20_000,
+            },
+        )?),
         max_batch: num(
             get("maxEventSourceBatchSize"),
             "maxEventSourceBatchSize",
@@ -159,6 +163,10 @@ fn settings() -> Result<Settings, String> {
         server_pid,
         grace: Duration::from_millis(num(get("graceMs"), "graceMs", 300)?),
         broadcast_permille: num(get("broadcastPermille"), "broadcastPermille", 5)?.min(1000),
+        adversarial: match scenario {
+            Scenario::Adversarial => Some(adversarial::config(get)?),
+            _ => None,
+        },
     };
     if s.clients == 0 || s.users < s.clients || s.max_batch == 0 {
         return Err("need concurrencyLevel >= 1, numberOfUsers >= concurrencyLevel, maxEventSourceBatchSize >= 1".into());
@@ -179,6 +187,9 @@ fn main() -> ExitCode {
         .parse_filters(&level.to_lowercase())
         .format(|f, r| writeln!(f, "[{}] {}", r.level(), r.args()))
         .init();
+    if let Some(adv) = &s.adversarial {
+        return adversarial::main(&s, adv);
+    }
     let name = SCENARIOS
         .iter()
         .find(|(_, sc)| *sc == s.scenario)
@@ -404,6 +415,17 @@ fn gen_config(s: &Settings, session: u64, hot_user: u64) -> GenConfig {
         _ => {}
     }
     g
+}
+
+/// A setting's value: `default` when unset, an error when it does not parse.
+fn num<T: std::str::FromStr>(v: Option<String>, name: &str, default: T) -> Result<T, String> {
+    match v {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad value '{v}' for {name}")),
+    }
 }
 
 /// `n` distinct users from `1..=users`, never `exclude`.
