@@ -348,3 +348,42 @@ fn many_connections_of_a_user_following_many_come_and_go() {
     let (peak, _) = proc_rss_kib(s.pid());
     assert!(peak < 64 * 1024, "{peak} KiB");
 }
+
+/// A burst of connections larger than one turn's accept batch and one turn's flush batch:
+/// every client is accepted and identified, and a broadcast reaches every one of them.
+#[test]
+fn a_burst_of_1500_clients_is_accepted_and_each_gets_a_broadcast() {
+    let s = Server::start(&[]);
+    let users: Vec<u64> = (1..=1500).collect();
+    let connectors: Vec<_> = users
+        .chunks(375)
+        .map(|chunk| {
+            let (addr, chunk) = (s.clients, chunk.to_vec());
+            std::thread::spawn(move || {
+                chunk
+                    .iter()
+                    .map(|u| {
+                        let c = Client::connect(addr);
+                        c.send(format!("{u}\r\n").as_bytes());
+                        c
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut all: Vec<Client> = connectors
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    s.wait_count(" identified as user ", users.len());
+    let mut src = s.source();
+    send_lines(&mut src, &["1|B"]);
+    for c in &mut all {
+        assert_eq!(c.read_lines(1), ["1|B"]);
+    }
+    let (_, log) = s.terminate();
+    assert!(
+        log.contains(&format!("clients_connected={} ", users.len())),
+        "{log}"
+    );
+}

@@ -10,13 +10,28 @@ pub(super) enum Side {
     Clients,
 }
 
+/// Connections the kernel may queue for `accept` (it caps this at `net.core.somaxconn`).
+const BACKLOG: libc::c_int = 4096;
+
+/// Raises a bound listener's accept queue from the standard library's 128: thousands of
+/// clients connecting at once would otherwise see SYNs dropped and retried a second later.
+/// (`listen` again on a listening socket only changes the backlog.)
+pub(super) fn deepen_backlog(listener: &std::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor the listener owns; no memory is shared.
+    unsafe {
+        libc::listen(listener.as_raw_fd(), BACKLOG);
+    }
+}
+
 impl Server {
     pub(super) fn accept(&mut self, side: Side, now: Instant) {
         if self.accept_paused_until.is_some() {
             return;
         }
+        self.accepts_left[side as usize] = false;
         let mut failures = 0;
-        loop {
+        for _ in 0..ACCEPT_BATCH {
             let listener = match side {
                 Side::Events => self.event_listener.as_ref(),
                 Side::Clients => self.client_listener.as_ref(),
@@ -52,6 +67,17 @@ impl Server {
                         return;
                     }
                 }
+            }
+        }
+        // The batch is used up: the queue may hold more, and readiness is edge-triggered.
+        self.accepts_left[side as usize] = true;
+    }
+
+    /// Goes on accepting where a batch stopped in an earlier turn.
+    pub(super) fn accept_left(&mut self, now: Instant) {
+        for side in [Side::Events, Side::Clients] {
+            if self.accepts_left[side as usize] {
+                self.accept(side, now);
             }
         }
     }

@@ -64,6 +64,12 @@ const TRIM_AFTER: usize = 1 << 20;
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// Write buffer capacity an idle connection keeps through a release.
 const KEEP_CAPACITY: usize = 16 * 1024;
+/// Connections written per flush (one loop turn); the rest wait for the next turn.
+const FLUSH_BATCH: usize = 1024;
+/// Connections accepted per listener per loop turn; the rest wait for the next turn.
+const ACCEPT_BATCH: usize = 256;
+/// A loop turn longer than this is logged at debug level, with what it had to do.
+const LONG_TURN: Duration = Duration::from_millis(20);
 /// Bytes of a junk line shown in its warning.
 const SHOWN: usize = 64;
 
@@ -134,6 +140,9 @@ pub struct Server {
     next_tick: Instant,
     next_stats: Option<Instant>,
     accept_paused_until: Option<Instant>,
+    /// A listener stopped at `ACCEPT_BATCH` with connections possibly still queued
+    /// (events, clients).
+    accepts_left: [bool; 2],
     /// Out of file descriptors since the last successful accept (warned once).
     out_of_fds: bool,
     shutdown: bool,
@@ -154,6 +163,8 @@ impl Server {
         let poll = Poll::new()?;
         events.set_nonblocking(true)?;
         clients.set_nonblocking(true)?;
+        intake::deepen_backlog(&events);
+        intake::deepen_backlog(&clients);
         let mut events = TcpListener::from_std(events);
         let mut clients = TcpListener::from_std(clients);
         poll.registry()
@@ -197,6 +208,7 @@ impl Server {
             gap_since: now,
             next_tick: now,
             accept_paused_until: None,
+            accepts_left: [false; 2],
             out_of_fds: false,
             shutdown: false,
             trim_wanted: false,
@@ -258,12 +270,20 @@ impl Server {
                     }
                 }
             }
+            self.accept_left(now);
             self.drain_unread(now);
             self.timers(now);
             self.pump(now);
             self.flush(now);
             self.reap();
             let turn = now.elapsed();
+            if turn > LONG_TURN {
+                debug!(
+                    "long loop turn: {turn:?} ({} readiness events, {} connections)",
+                    events.iter().count(),
+                    self.conns.len()
+                );
+            }
             self.longest_turn = self.longest_turn.max(turn);
             self.longest_turn_ever = self.longest_turn_ever.max(turn);
             if self.shutdown {
@@ -294,7 +314,11 @@ impl Server {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if (self.work_left && !self.paused()) || !self.unread.is_empty() {
+        if (self.work_left && !self.paused())
+            || !self.unread.is_empty()
+            || !self.dirty.is_empty()
+            || (self.accepts_left.iter().any(|&more| more) && self.accept_paused_until.is_none())
+        {
             return Some(Duration::ZERO);
         }
         let gap = match self.cfg.gap_timeout {
@@ -324,13 +348,16 @@ impl Server {
         let was_paused = self.paused();
         self.trim_wanted |= self.pending_total > TRIM_AFTER;
         let mut dirty = std::mem::take(&mut self.dirty);
-        for &r in &dirty {
+        // At most a batch per turn: a broadcast to 10,000 clients is 10,000 writes, and the
+        // rest of the loop (accepts, ids, signals) must not wait for all of them.
+        let n = dirty.len().min(FLUSH_BATCH);
+        for &r in &dirty[..n] {
             if let Some(conn) = self.live(r) {
                 conn.dirty = false;
                 self.write_out(r.key, now);
             }
         }
-        dirty.clear();
+        dirty.drain(..n);
         dirty.append(&mut self.dirty);
         self.dirty = dirty;
         if was_paused && !self.paused() {
