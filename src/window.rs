@@ -22,10 +22,11 @@
 //! over 2^64 of them.
 
 mod occupancy;
+mod payloads;
 
 use crate::event::Event;
-use hashbrown::HashMap;
 use occupancy::Occupancy;
+use payloads::Payloads;
 
 /// What [`ReorderWindow::insert`] did with an event.
 #[derive(Debug, PartialEq, Eq)]
@@ -63,9 +64,6 @@ const EMPTY: Event = Event {
 
 /// Bytes of one ring slot.
 const SLOT_BYTES: usize = std::mem::size_of::<Event>();
-/// What a kept payload costs beyond its length: its allocation's header and rounding and
-/// its side-map entry (a 24-byte bucket, at most half full after the table doubles).
-pub const PAYLOAD_OVERHEAD: usize = 96;
 /// Events stored this close to the next seq are found by looking at their slots, not
 /// marked in the occupancy bitmap: most of a lightly shuffled stream, and marking costs
 /// more than the stream ever needs searching.
@@ -82,16 +80,19 @@ pub struct ReorderWindow {
     last: u64,
     /// Events stored.
     waiting: usize,
-    /// Making room for this event (its seq and payload cost): skip until it fits.
-    wanted: Option<(u64, usize)>,
+    /// Making room for this event (its seq and the length of its payload, if kept): skip
+    /// until it fits.
+    wanted: Option<(u64, Option<usize>)>,
     /// Session end: skip every gap until nothing waits.
     flushing: bool,
     /// Most events held beyond `last`.
     max: u64,
     initial: usize,
-    odd_payloads: HashMap<u64, Box<[u8]>>,
-    /// What the kept payloads cost, [`PAYLOAD_OVERHEAD`] included.
-    payload_bytes: usize,
+    /// Non-canonical payloads of waiting events, except the next one's.
+    payloads: Payloads,
+    /// The next event's non-canonical payload, if it was stored while next: it is popped
+    /// at once, so it is held apart and needs no room in the budget.
+    next_payload: Option<(u64, Vec<u8>)>,
     /// Bytes for the ring and the payloads together.
     budget: usize,
     /// Bitmap words read while looking for the next waiting event: the work skipping
@@ -120,8 +121,8 @@ impl ReorderWindow {
             flushing: false,
             max,
             initial: cap,
-            odd_payloads: HashMap::new(),
-            payload_bytes: 0,
+            payloads: Payloads::default(),
+            next_payload: None,
             budget,
             skip_steps: 0,
         }
@@ -149,7 +150,9 @@ impl ReorderWindow {
 
     /// Bytes held for waiting events now: the ring and the kept payloads.
     pub fn bytes(&self) -> usize {
-        self.ring_bytes(self.slots.len()) + self.payload_bytes
+        self.ring_bytes(self.slots.len())
+            + self.payloads.bytes()
+            + self.next_payload.as_ref().map_or(0, |(_, p)| p.capacity())
     }
 
     /// The byte budget.
@@ -161,25 +164,21 @@ impl ReorderWindow {
         slots * SLOT_BYTES + Occupancy::bytes_for(slots)
     }
 
-    /// What keeping `ev`'s payload would cost (nothing for a canonical event).
-    fn cost(ev: &Event, payload: &[u8]) -> usize {
-        if ev.canonical {
-            0
-        } else {
-            payload.len() + PAYLOAD_OVERHEAD
-        }
+    /// The length of `ev`'s payload if it is to be kept (not canonical).
+    fn kept(ev: &Event, payload: &[u8]) -> Option<usize> {
+        (!ev.canonical).then_some(payload.len())
     }
 
     /// Whether `ev` (with `payload`, the line as read) can be stored without skipping.
     pub fn fits(&self, ev: &Event, payload: &[u8]) -> bool {
-        self.fits_cost(ev.seq, Self::cost(ev, payload))
+        self.fits_cost(ev.seq, Self::kept(ev, payload))
     }
 
     fn fits_distance(&self, seq: u64) -> bool {
         seq <= self.last || seq - self.last <= self.max
     }
 
-    fn fits_cost(&self, seq: u64, cost: usize) -> bool {
+    fn fits_cost(&self, seq: u64, kept: Option<usize>) -> bool {
         if seq <= self.last.saturating_add(1) {
             // Late: stored nowhere. Next: the next pop takes it, so its payload is held
             // for no longer than that (the only moment the budget may be passed, by one
@@ -190,7 +189,11 @@ impl ReorderWindow {
             return false;
         }
         let slots = self.slots.len().max(ring_size(seq - self.last));
-        self.ring_bytes(slots) + self.payload_bytes + cost <= self.budget
+        let payloads = match kept {
+            Some(len) => self.payloads.bytes_after(len),
+            None => self.payloads.bytes(),
+        };
+        self.ring_bytes(slots) + payloads <= self.budget
     }
 
     fn slot(&self, seq: u64) -> usize {
@@ -234,8 +237,14 @@ impl ReorderWindow {
         }
         self.store_at(self.slot(ev.seq), ev, distance);
         if !ev.canonical {
-            self.payload_bytes += Self::cost(&ev, payload);
-            self.odd_payloads.insert(ev.seq, payload.into());
+            if distance == 1 {
+                let mut kept = self.next_payload.take().map(|(_, p)| p).unwrap_or_default();
+                kept.clear();
+                kept.extend_from_slice(payload);
+                self.next_payload = Some((ev.seq, kept));
+            } else {
+                self.payloads.put(ev.seq, payload);
+            }
         }
         Insert::Stored
     }
@@ -303,16 +312,18 @@ impl ReorderWindow {
         self.skip_missing(through)
     }
 
-    /// The original payload of the non-canonical event `seq` just popped. (Kept apart from
-    /// [`Pop`] so the common event moves through the pipeline as 32 plain bytes.)
-    pub fn take_payload(&mut self, seq: u64) -> Option<Box<[u8]>> {
-        let payload = self.odd_payloads.remove(&seq)?;
-        self.payload_bytes -= payload.len() + PAYLOAD_OVERHEAD;
-        if self.odd_payloads.is_empty() && self.odd_payloads.capacity() > 64 {
-            // A burst of them is over: its table goes too, not just its entries.
-            self.odd_payloads = HashMap::new();
+    /// Appends the original payload of the non-canonical event `seq` just popped to
+    /// `out`; false if none was kept. (Kept apart from [`Pop`] so the common event moves
+    /// through the pipeline as 32 plain bytes.)
+    pub fn take_payload(&mut self, seq: u64, out: &mut Vec<u8>) -> bool {
+        if let Some((next, kept)) = &mut self.next_payload {
+            if *next == seq {
+                out.extend_from_slice(kept);
+                *next = 0; // taken; the buffer stays for the next one
+                return true;
+            }
         }
-        Some(payload)
+        self.payloads.take(seq, out)
     }
 
     /// Moves `last` over missing seqs, up to `through` or the first waiting event.
@@ -377,7 +388,7 @@ impl ReorderWindow {
     /// Window full for `ev`: from now on, missing seqs are skipped, oldest first, until it
     /// [`fits`](Self::fits).
     pub fn make_room(&mut self, ev: &Event, payload: &[u8]) {
-        self.wanted = Some((ev.seq, Self::cost(ev, payload)));
+        self.wanted = Some((ev.seq, Self::kept(ev, payload)));
     }
 
     /// Session end: from now on, [`pop`](Self::pop) skips every gap until nothing waits.
@@ -398,8 +409,8 @@ impl ReorderWindow {
             self.slots.fill(EMPTY);
         }
         self.occupied = Occupancy::new(self.slots.len());
-        self.odd_payloads = HashMap::new();
-        self.payload_bytes = 0;
+        self.payloads.release();
+        self.next_payload = None;
         self.last = 0;
         self.waiting = 0;
         self.wanted = None;
@@ -610,7 +621,8 @@ mod tests {
                     while !w.fits(&odd, line.as_bytes()) {
                         let p = w.pop().expect("room must be made");
                         if let Pop::Event(e) = p {
-                            let kept = w.take_payload(e.seq).expect("kept");
+                            let mut kept = Vec::new();
+                            assert!(w.take_payload(e.seq, &mut kept));
                             assert_eq!(crate::event::parse(&kept).unwrap().seq, e.seq);
                         }
                         account(p, &mut prev, &mut accounted);
@@ -620,12 +632,13 @@ mod tests {
                     // Never refused as full: a duplicate costs nothing and skips nothing.
                     assert_eq!(w.insert(odd, line.as_bytes()), Insert::Duplicate);
                 }
-                let line_max = 1002 + PAYLOAD_OVERHEAD; // the next event, popped at once
+                // The next event's payload, held apart until it is popped: a line's buffer.
+                let line_max = 2 * 1002;
                 assert!(w.bytes() <= budget + line_max, "{} > {budget}", w.bytes());
                 if rng.below(50) == 0 {
                     while let Some(p) = w.pop() {
                         if let Pop::Event(e) = p {
-                            w.take_payload(e.seq).expect("kept");
+                            assert!(w.take_payload(e.seq, &mut Vec::new()));
                         }
                         account(p, &mut prev, &mut accounted);
                     }
@@ -695,7 +708,9 @@ mod tests {
         w.insert(ev(1), b"1|B");
         assert_eq!(w.pop(), Some(Pop::Event(ev(1))));
         assert_eq!(w.pop(), Some(Pop::Event(odd)));
-        assert_eq!(w.take_payload(2).as_deref(), Some(&b"02|P|1|2"[..]));
+        let mut kept = Vec::new();
+        assert!(w.take_payload(2, &mut kept));
+        assert_eq!(kept, b"02|P|1|2");
     }
 
     /// Checks one pop against the model: strictly increasing, each seq accounted once.

@@ -118,6 +118,8 @@ pub struct Server {
     recipients: Vec<usize>,
     /// Scratch: a non-canonical payload, or the start of a junk line.
     raw: Vec<u8>,
+    /// Scratch: a kept payload taken out of the window for delivery.
+    kept: Vec<u8>,
     /// Scratch: a notification with a non-canonical payload.
     note: Vec<u8>,
     /// Connections that got output since the last flush.
@@ -195,6 +197,7 @@ impl Server {
             router: Router::new(),
             recipients: Vec::new(),
             raw: Vec::new(),
+            kept: Vec::new(),
             note: Vec::new(),
             dirty: Vec::new(),
             closing: Vec::new(),

@@ -38,13 +38,13 @@ impl Server {
         while !self.paused() {
             if let Some(pop) = self.window.pop() {
                 match pop {
+                    Pop::Event(ev) if ev.canonical => self.deliver(&ev, None, now),
                     Pop::Event(ev) => {
-                        let payload = if ev.canonical {
-                            None
-                        } else {
-                            self.window.take_payload(ev.seq)
-                        };
-                        self.deliver(&ev, payload.as_deref(), now);
+                        let mut kept = std::mem::take(&mut self.kept);
+                        kept.clear();
+                        let found = self.window.take_payload(ev.seq, &mut kept);
+                        self.deliver(&ev, found.then_some(&kept[..]), now);
+                        self.kept = kept;
                     }
                     Pop::Skipped { from, through } => self.skipped(from, through, now),
                     Pop::Wrapped => {
