@@ -137,6 +137,10 @@ impl Server {
                 if tail.is_some() {
                     return tail;
                 }
+                // The last source moved into slot `i`, unvisited: the count of idle sources
+                // seen in a row starts again, or a readable one could be left unread (and,
+                // readiness being edge-triggered, stay unread).
+                idle = 0;
                 continue;
             }
             if !src.readable {
