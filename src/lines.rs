@@ -72,6 +72,7 @@ impl LineSplitter {
     }
 
     /// The next complete line, or `None` when more bytes are needed.
+    #[inline(always)]
     pub fn next_line(&mut self) -> Option<Line<'_>> {
         let pending = &self.buf[self.start..self.end];
         let Some(i) = find_newline(pending) else {

@@ -39,13 +39,7 @@ impl Server {
             if let Some(pop) = self.window.pop() {
                 match pop {
                     Pop::Event(ev) if ev.canonical => self.deliver(&ev, None, now),
-                    Pop::Event(ev) => {
-                        let mut kept = std::mem::take(&mut self.kept);
-                        kept.clear();
-                        let found = self.window.take_payload(ev.seq, &mut kept);
-                        self.deliver(&ev, found.then_some(&kept[..]), now);
-                        self.kept = kept;
-                    }
+                    Pop::Event(ev) => self.deliver_kept(&ev, now),
                     Pop::Skipped { from, through } => self.skipped(from, through, now),
                     Pop::Wrapped => {
                         warn_limited!(
@@ -249,7 +243,20 @@ impl Server {
         store(window, stats, &mut self.gap_since, ev, &self.raw, now)
     }
 
+    /// [`deliver`](Self::deliver) for a non-canonical event: its payload as read comes
+    /// from the window. Rare, so kept out of the pump's hot loop.
+    #[cold]
+    #[inline(never)]
+    fn deliver_kept(&mut self, ev: &Event, now: Instant) {
+        let mut kept = std::mem::take(&mut self.kept);
+        kept.clear();
+        let found = self.window.take_payload(ev.seq, &mut kept);
+        self.deliver(ev, found.then_some(&kept[..]), now);
+        self.kept = kept;
+    }
+
     /// Applies one in-order event and appends its notification to every recipient.
+    #[inline(always)]
     fn deliver(&mut self, ev: &Event, payload: Option<&[u8]>, now: Instant) {
         self.stats.events_delivered += 1;
         self.gap_since = now;
