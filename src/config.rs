@@ -16,6 +16,9 @@ pub struct Config {
     pub window_bytes: usize,
     /// `None`: wait for a missing seq forever.
     pub gap_timeout: Option<Duration>,
+    /// Skip a missing seq once the stream has moved well past it (learned disorder), not
+    /// only on the gap timeout.
+    pub learned_loss: bool,
     /// Keep seq and follow graph across event-source sessions.
     pub keep_state: bool,
     /// Pending output per client above which event sources are no longer read.
@@ -42,6 +45,7 @@ impl Default for Config {
             max_window: 1 << 20,
             window_bytes: 64 << 20,
             gap_timeout: Some(Duration::from_millis(2000)),
+            learned_loss: true,
             keep_state: false,
             client_buffer_limit: 1 << 20,
             total_buffer_limit: 8 << 20,
@@ -82,6 +86,9 @@ Options (flag, environment variable, default):
   --window-bytes N                              67108864  bytes held for waiting events
                                                        (ring and kept payloads) at most
   --gap-timeout-ms N                            2000   skip a missing seq after this; 0 = never
+  --loss-detection MODE                         learned  learned: also skip a missing seq once
+                                                       the stream is well past it; timeout:
+                                                       only on the gap timeout
   --keep-state                                  keep seq and follow graph across sessions
   --client-buffer-limit N                       1048576  bytes pending per client before
                                                        event sources are paused
@@ -158,6 +165,17 @@ where
                 }
             }
             "--gap-timeout-ms" => c.gap_timeout = millis(&value()?, &flag)?,
+            "--loss-detection" => {
+                c.learned_loss = match value()?.as_str() {
+                    "learned" => true,
+                    "timeout" => false,
+                    v => {
+                        return Err(format!(
+                            "invalid value '{v}' for --loss-detection: expected learned or timeout"
+                        ))
+                    }
+                }
+            }
             "--client-buffer-limit" => c.client_buffer_limit = positive(&value()?, &flag)?,
             "--total-buffer-limit" => c.total_buffer_limit = positive(&value()?, &flag)?,
             "--stall-timeout-ms" => c.stall_timeout = required_millis(&value()?, &flag)?,
@@ -267,6 +285,8 @@ mod tests {
                 "64",
                 "--gap-timeout-ms",
                 "0",
+                "--loss-detection",
+                "timeout",
                 "--keep-state",
                 "--client-buffer-limit",
                 "4096",
@@ -294,6 +314,7 @@ mod tests {
         assert_eq!(c.bind, IpAddr::from([0, 0, 0, 0]));
         assert_eq!(c.max_window, 64);
         assert_eq!(c.gap_timeout, None);
+        assert!(!c.learned_loss);
         assert!(c.keep_state);
         assert_eq!(c.client_buffer_limit, 4096);
         assert_eq!(c.total_buffer_limit, 8192);
@@ -332,6 +353,7 @@ mod tests {
             &["--frobnicate"],
             &["--keep-state=yes"],
             &["--window-bytes", "65535"],
+            &["--loss-detection", "guess"],
             &["--max-unidentified", "0"],
             &["--max-clients", "5", "--max-unidentified", "6"],
             &["--stats-interval-s", "31536001"],

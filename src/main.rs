@@ -51,11 +51,12 @@ fn main() -> ExitCode {
     };
     if let Ok((ev, cl)) = server.local_addrs() {
         log::info!(
-            "follower-maze {} listening: events on {ev}, clients on {cl} (max_window={} window_bytes={} gap_timeout={:?} keep_state={} client_buffer_limit={} total_buffer_limit={} stall_timeout={:?} auth_timeout={:?} max_clients={} max_unidentified={} stats_interval={:?})",
+            "follower-maze {} listening: events on {ev}, clients on {cl} (max_window={} window_bytes={} gap_timeout={:?} loss_detection={} keep_state={} client_buffer_limit={} total_buffer_limit={} stall_timeout={:?} auth_timeout={:?} max_clients={} max_unidentified={} stats_interval={:?})",
             env!("CARGO_PKG_VERSION"),
             cfg.max_window,
             cfg.window_bytes,
             cfg.gap_timeout,
+            if cfg.learned_loss { "learned" } else { "timeout" },
             cfg.keep_state,
             cfg.client_buffer_limit,
             cfg.total_buffer_limit,

@@ -21,6 +21,8 @@ pub struct Counters {
     pub noop_events: u64,
     pub late_or_duplicate: u64,
     pub seqs_skipped: u64,
+    /// Events that arrived after their seq was skipped as lost.
+    pub false_skips: u64,
     /// Unterminated last lines of sources whose connection failed (reset), discarded.
     pub truncated_lines: u64,
     pub clients_connected: u64,
@@ -49,6 +51,7 @@ impl Counters {
             noop_events,
             late_or_duplicate,
             seqs_skipped,
+            false_skips,
             truncated_lines,
             clients_connected,
             clients_rejected,
@@ -64,7 +67,7 @@ impl fmt::Display for Counters {
         write!(
             f,
             "events_in={} delivered={} notifications={} bytes_in={} bytes_out={} writes={} junk={} \
-             overlong={} noop={} late_or_dup={} skipped={} truncated={} clients_connected={} \
+             overlong={} noop={} late_or_dup={} skipped={} false_skips={} truncated={} clients_connected={} \
              clients_rejected={} clients_stalled={} clients_bad_id={} clients_evicted={}",
             self.events_received,
             self.events_delivered,
@@ -77,6 +80,7 @@ impl fmt::Display for Counters {
             self.noop_events,
             self.late_or_duplicate,
             self.seqs_skipped,
+            self.false_skips,
             self.truncated_lines,
             self.clients_connected,
             self.clients_rejected,

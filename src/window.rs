@@ -21,10 +21,12 @@
 //! waiting event in a few word reads, so a skip costs the same over one missing seq or
 //! over 2^64 of them.
 
+mod loss;
 mod occupancy;
 mod payloads;
 
 use crate::event::Event;
+pub use loss::LossDetector;
 use occupancy::Occupancy;
 use payloads::Payloads;
 
@@ -36,6 +38,9 @@ pub enum Insert {
     Late,
     /// The same seq is already waiting: discarded.
     Duplicate,
+    /// The seq was skipped as lost, and now arrived after all: discarded, and the lateness
+    /// it shows is learned.
+    FalseSkip,
     /// `max` or more beyond the next expected seq, or its payload would pass the byte
     /// budget. Call [`make_room`](ReorderWindow::make_room), pop until
     /// [`fits`](ReorderWindow::fits), then insert again.
@@ -95,6 +100,8 @@ pub struct ReorderWindow {
     next_payload: Option<(u64, Vec<u8>)>,
     /// Bytes for the ring and the payloads together.
     budget: usize,
+    /// Learns the source's disorder; says when a missing seq is lost.
+    loss: LossDetector,
     /// Bitmap words read while looking for the next waiting event: the work skipping
     /// costs (see the tests).
     skip_steps: u64,
@@ -105,7 +112,7 @@ impl ReorderWindow {
     /// events up to `max` beyond the next expected seq, in at most `budget` bytes (ring
     /// and payloads; at least [`MIN_BUDGET`]). The ring gets at most half of the budget,
     /// which may lower `max`.
-    pub fn new(initial: usize, max: u64, budget: usize) -> Self {
+    pub fn new(initial: usize, max: u64, budget: usize, loss: LossDetector) -> Self {
         assert!(max >= 1, "a window must hold at least one event");
         let budget = budget.max(MIN_BUDGET);
         // The largest ring within half the budget: a power of two, at least 64 slots.
@@ -124,6 +131,7 @@ impl ReorderWindow {
             payloads: Payloads::default(),
             next_payload: None,
             budget,
+            loss,
             skip_steps: 0,
         }
     }
@@ -153,6 +161,11 @@ impl ReorderWindow {
         self.ring_bytes(self.slots.len())
             + self.payloads.bytes()
             + self.next_payload.as_ref().map_or(0, |(_, p)| p.capacity())
+    }
+
+    /// The source's reorder distance, as learned this session.
+    pub fn disorder(&self) -> u64 {
+        self.loss.disorder()
     }
 
     /// The byte budget.
@@ -206,7 +219,7 @@ impl ReorderWindow {
     pub fn insert(&mut self, ev: Event, payload: &[u8]) -> Insert {
         debug_assert!(ev.seq >= 1);
         if ev.seq <= self.last {
-            return Insert::Late;
+            return self.late(ev.seq);
         }
         let distance = ev.seq - self.last;
         if distance > self.slots.len() as u64 || !ev.canonical {
@@ -218,6 +231,15 @@ impl ReorderWindow {
         }
         self.store_at(i, ev, distance);
         Insert::Stored
+    }
+
+    #[cold]
+    fn late(&mut self, seq: u64) -> Insert {
+        if self.loss.false_skip(seq) {
+            Insert::FalseSkip
+        } else {
+            Insert::Late
+        }
     }
 
     /// [`insert`](Self::insert) for an event beyond the ring or with a payload to keep:
@@ -260,6 +282,7 @@ impl ReorderWindow {
             self.occupied.set(i);
         }
         self.waiting += 1;
+        self.loss.arrived(ev.seq);
     }
 
     fn grow(&mut self, distance: u64) {
@@ -281,6 +304,7 @@ impl ReorderWindow {
         if self.last == u64::MAX {
             debug_assert_eq!(self.waiting, 0, "nothing can wait beyond u64::MAX");
             self.last = 0;
+            self.loss.wrapped();
             return Some(Pop::Wrapped);
         }
         let next = self.last + 1;
@@ -306,6 +330,8 @@ impl ReorderWindow {
                 // delivers what waits behind it; at worst the event becomes the next one.
                 seq - 1
             }
+        } else if self.loss.lost(self.waiting) {
+            u64::MAX // up to the first waiting event
         } else {
             return None;
         };
@@ -339,6 +365,7 @@ impl ReorderWindow {
         if self.last < from {
             return None;
         }
+        self.loss.skipped(from, self.last);
         Some(Pop::Skipped {
             from,
             through: self.last,
@@ -415,6 +442,7 @@ impl ReorderWindow {
         self.waiting = 0;
         self.wanted = None;
         self.flushing = false;
+        self.loss.reset();
     }
 }
 
@@ -460,7 +488,7 @@ mod tests {
             let n = 1 + rng.below(3000);
             let mut seqs: Vec<u64> = (1..=n).collect();
             rng.shuffle(&mut seqs);
-            let mut w = ReorderWindow::new(4, 1 << 20, usize::MAX);
+            let mut w = ReorderWindow::new(4, 1 << 20, usize::MAX, LossDetector::new(false));
             let mut got = Vec::new();
             for s in seqs {
                 assert_eq!(w.insert(ev(s), b""), Insert::Stored);
@@ -476,7 +504,7 @@ mod tests {
 
     #[test]
     fn grows_on_demand_and_only_as_needed() {
-        let mut w = ReorderWindow::new(4, 1 << 20, usize::MAX);
+        let mut w = ReorderWindow::new(4, 1 << 20, usize::MAX, LossDetector::new(false));
         assert_eq!(w.capacity(), 4);
         assert_eq!(w.insert(ev(4), b""), Insert::Stored);
         assert_eq!(w.capacity(), 4);
@@ -494,7 +522,7 @@ mod tests {
 
     #[test]
     fn wraps_around_the_capacity_boundary() {
-        let mut w = ReorderWindow::new(8, 8, usize::MAX);
+        let mut w = ReorderWindow::new(8, 8, usize::MAX, LossDetector::new(false));
         let mut got = Vec::new();
         // Pairs swapped, straddling every multiple of 8 many times over.
         for base in (1..200u64).step_by(2) {
@@ -514,7 +542,7 @@ mod tests {
 
     #[test]
     fn late_and_duplicate_seqs_are_dropped() {
-        let mut w = ReorderWindow::new(4, 100, usize::MAX);
+        let mut w = ReorderWindow::new(4, 100, usize::MAX, LossDetector::new(false));
         assert_eq!(w.insert(ev(1), b""), Insert::Stored);
         assert_eq!(w.insert(ev(3), b""), Insert::Stored);
         assert_eq!(w.insert(ev(3), b""), Insert::Duplicate);
@@ -529,7 +557,7 @@ mod tests {
 
     #[test]
     fn gap_skip_gives_up_only_up_to_the_first_waiting_event() {
-        let mut w = ReorderWindow::new(4, 100, usize::MAX);
+        let mut w = ReorderWindow::new(4, 100, usize::MAX, LossDetector::new(false));
         assert_eq!(w.skip_gap(), None, "nothing waits: nothing to skip");
         for s in [5, 6, 9] {
             w.insert(ev(s), b"");
@@ -552,12 +580,17 @@ mod tests {
         );
         assert_eq!(drain(&mut w).0, vec![9]);
         assert_eq!(w.skip_gap(), None);
-        assert_eq!(w.insert(ev(7), b""), Insert::Late);
+        assert_eq!(
+            w.insert(ev(7), b""),
+            Insert::FalseSkip,
+            "given up on, then arrived"
+        );
+        assert_eq!(w.insert(ev(6), b""), Insert::Late, "delivered");
     }
 
     #[test]
     fn window_full_skips_the_oldest_missing_seqs_until_it_fits() {
-        let mut w = ReorderWindow::new(4, 8, usize::MAX);
+        let mut w = ReorderWindow::new(4, 8, usize::MAX, LossDetector::new(false));
         w.insert(ev(3), b"");
         w.insert(ev(5), b"");
         // Next expected is 1: 8 beyond it no longer fits.
@@ -578,7 +611,7 @@ mod tests {
 
     #[test]
     fn a_huge_jump_is_skipped_without_walking_every_seq() {
-        let mut w = ReorderWindow::new(4, 1 << 20, usize::MAX);
+        let mut w = ReorderWindow::new(4, 1 << 20, usize::MAX, LossDetector::new(false));
         w.insert(ev(2), b"");
         let far = u64::MAX - 1;
         assert_eq!(w.insert(ev(far), b""), Insert::Full);
@@ -607,7 +640,7 @@ mod tests {
         for seed in 0..40 {
             let mut rng = Rng::new(seed);
             let budget = MIN_BUDGET + rng.below(4 * MIN_BUDGET as u64) as usize;
-            let mut w = ReorderWindow::new(2, 1 << 20, budget);
+            let mut w = ReorderWindow::new(2, 1 << 20, budget, LossDetector::new(false));
             assert!(w.bytes() <= budget);
             let (mut prev, mut accounted, mut full) = (0u64, 0u64, 0);
             for _ in 0..3000 {
@@ -654,7 +687,7 @@ mod tests {
     #[test]
     fn skipping_costs_steps_per_event_waiting_not_per_seq_skipped() {
         let max = 1 << 20;
-        let mut w = ReorderWindow::new(64, max, usize::MAX);
+        let mut w = ReorderWindow::new(64, max, usize::MAX, LossDetector::new(false));
         let mut delivered = 0;
         for k in 1..=1000u64 {
             let far = k * 3 * max;
@@ -682,7 +715,7 @@ mod tests {
 
     #[test]
     fn session_end_flushes_what_waits_in_order_then_resets() {
-        let mut w = ReorderWindow::new(4, 1000, usize::MAX);
+        let mut w = ReorderWindow::new(4, 1000, usize::MAX, LossDetector::new(false));
         for s in [9, 3, 7, 4, 100] {
             w.insert(ev(s), b"");
         }
@@ -702,7 +735,7 @@ mod tests {
 
     #[test]
     fn non_canonical_payloads_come_back_unchanged() {
-        let mut w = ReorderWindow::new(4, 100, usize::MAX);
+        let mut w = ReorderWindow::new(4, 100, usize::MAX, LossDetector::new(false));
         let odd = crate::event::parse(b"02|P|1|2").unwrap();
         w.insert(odd, b"02|P|1|2");
         w.insert(ev(1), b"1|B");
@@ -734,7 +767,7 @@ mod tests {
             let mut rng = Rng::new(seed);
             // Small rings, and rings past `NEAR` where skips go through the bitmap.
             let max = 1 + rng.below(if seed % 2 == 0 { 64 } else { 2048 });
-            let mut w = ReorderWindow::new(2, max, usize::MAX);
+            let mut w = ReorderWindow::new(2, max, usize::MAX, LossDetector::new(false));
             let (mut prev, mut accounted, mut stored) = (0u64, 0u64, 0u64);
             for _ in 0..500 {
                 let s = w.next_seq() + rng.below(max + max / 2 + 1);
@@ -750,7 +783,7 @@ mod tests {
                     }
                     Insert::Stored => stored += 1,
                     Insert::Duplicate => {}
-                    Insert::Late => panic!("never generated"),
+                    Insert::Late | Insert::FalseSkip => panic!("never generated"),
                 }
                 if rng.below(10) == 0 {
                     if let Some(p) = w.skip_gap() {
@@ -770,5 +803,131 @@ mod tests {
             assert!(w.flushed());
             assert!(stored > 0);
         }
+    }
+
+    /// Feeds `arrivals` to a window with loss detection, popping after each; returns the
+    /// seqs skipped, the false skips, and the most events that ever waited.
+    fn learn(arrivals: impl IntoIterator<Item = u64>) -> (Vec<u64>, Vec<u64>, usize) {
+        let mut w = ReorderWindow::new(64, 1 << 20, usize::MAX, LossDetector::new(true));
+        let (mut skipped, mut false_skips, mut most) = (Vec::new(), Vec::new(), 0);
+        for s in arrivals {
+            match w.insert(ev(s), b"") {
+                Insert::FalseSkip => false_skips.push(s),
+                Insert::Stored => {}
+                other => panic!("{s}: {other:?}"),
+            }
+            most = most.max(w.waiting());
+            while let Some(p) = w.pop() {
+                if let Pop::Skipped { from, through } = p {
+                    skipped.extend(from..=through);
+                }
+            }
+        }
+        (skipped, false_skips, most)
+    }
+
+    /// Seqs `1..=n` in shuffled batches of random sizes `1..=batch(i)` (batch `i`).
+    fn batches(seed: u64, n: u64, batch: impl Fn(u64) -> u64) -> Vec<u64> {
+        let mut rng = Rng::new(seed);
+        let (mut out, mut next, mut i) = (Vec::new(), 1, 0);
+        while next <= n {
+            let size = (1 + rng.below(batch(i))).min(n - next + 1);
+            let mut b: Vec<u64> = (next..next + size).collect();
+            rng.shuffle(&mut b);
+            out.extend(b);
+            next += size;
+            i += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn the_classic_shuffle_skips_lost_seqs_soon_and_nothing_else() {
+        for seed in 0..5 {
+            let lost: Vec<u64> = (1..=5).map(|k| k * 40_000 + seed).collect();
+            let arrivals = batches(seed, 210_000, |_| 100).into_iter();
+            let (skipped, false_skips, most) = learn(arrivals.filter(|s| !lost.contains(s)));
+            assert_eq!(skipped, lost, "seed {seed}");
+            assert!(false_skips.is_empty());
+            // Learned disorder under 100: each loss is given up after about 2 * 100 + 512
+            // arrivals, so no more than that ever waits.
+            assert!(most < 2 * 100 + loss::MIN as usize + 100, "{most} waited");
+        }
+    }
+
+    #[test]
+    fn deep_disorder_from_a_cold_start_loses_nothing() {
+        for seed in 0..3 {
+            let (skipped, false_skips, _) = learn(batches(seed, 1_000_000, |_| 200_000));
+            assert!(skipped.is_empty(), "seed {seed}: {} skipped", skipped.len());
+            assert!(false_skips.is_empty());
+        }
+    }
+
+    #[test]
+    fn disorder_that_grows_within_a_session_loses_nothing() {
+        for seed in 0..3 {
+            // Batches of up to 100 for 50,000 events, then of up to 10,000.
+            let arrivals = batches(seed, 400_000, |i| if i < 1000 { 100 } else { 10_000 });
+            let (skipped, false_skips, _) = learn(arrivals);
+            assert!(skipped.is_empty(), "seed {seed}: {} skipped", skipped.len());
+            assert!(false_skips.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_pause_is_no_evidence() {
+        let mut w = ReorderWindow::new(64, 1 << 20, usize::MAX, LossDetector::new(true));
+        for s in (2..=100).rev() {
+            w.insert(ev(s), b"");
+        }
+        // However long nothing arrives, nothing is given up: only the gap timeout can.
+        assert_eq!(w.pop(), None);
+        assert_eq!(w.pop(), None);
+        assert_eq!(w.waiting(), 99);
+    }
+
+    #[test]
+    fn a_false_skip_is_reported_and_widens_what_was_learned() {
+        // In order, but seq 5 arrives 2,000 events late: with nothing learned that looks
+        // like a loss.
+        let mut arrivals: Vec<u64> = (1..=3000).filter(|&s| s != 5).collect();
+        arrivals.insert(2000, 5);
+        let (skipped, false_skips, _) = learn(arrivals.iter().copied());
+        assert_eq!(skipped, vec![5]);
+        assert_eq!(false_skips, vec![5]);
+        // Once learned, the same lateness again is not taken for a loss.
+        let mut w = ReorderWindow::new(64, 1 << 20, usize::MAX, LossDetector::new(true));
+        let skips = |w: &mut ReorderWindow, seqs: &[u64]| -> usize {
+            let mut n = 0;
+            for &s in seqs {
+                w.insert(ev(s), b"");
+                while let Some(p) = w.pop() {
+                    n += usize::from(matches!(p, Pop::Skipped { .. }));
+                }
+            }
+            n
+        };
+        assert_eq!(skips(&mut w, &arrivals), 1);
+        assert!(w.disorder() >= 1990, "learned {}", w.disorder());
+        let again: Vec<u64> = (3001..=6000).filter(|&s| s != 3005).chain([3005]).collect();
+        let mut again = again;
+        let late = again.pop().unwrap();
+        again.insert(2000, late);
+        assert_eq!(
+            skips(&mut w, &again),
+            0,
+            "3005, as late as 5 was, is waited for"
+        );
+    }
+
+    #[test]
+    fn loss_detection_off_waits_for_the_timeout() {
+        let mut w = ReorderWindow::new(64, 1 << 20, usize::MAX, LossDetector::new(false));
+        for s in 2..=10_000 {
+            w.insert(ev(s), b"");
+        }
+        assert_eq!(w.pop(), None);
+        assert_eq!(w.waiting(), 9_999);
     }
 }

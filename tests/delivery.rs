@@ -265,3 +265,64 @@ fn whatever_a_client_sends_after_its_id_is_discarded() {
     let (_, log) = s.terminate();
     assert!(log.contains("clients_connected=1 "), "{log}");
 }
+
+/// Issue 11: a lost seq at full speed is skipped on the stream's evidence, long before any
+/// timeout (there is none here) and before the window grows past a few thousand slots.
+#[test]
+fn a_lost_seq_is_skipped_on_evidence_from_the_stream() {
+    let s = Server::start(&["--gap-timeout-ms", "0", "--stats-interval-s", "1"]);
+    let mut c = clients(&s, &[1]).remove(0);
+    let mut rng = Rng::new(11);
+    const N: u64 = 100_000;
+    let mut seqs: Vec<u64> = (1..=N).filter(|&q| q != 5_000).collect();
+    for batch in seqs.chunks_mut(100) {
+        rng.shuffle(batch);
+    }
+    let lines: Vec<String> = seqs.iter().map(|q| format!("{q}|P|0|1")).collect();
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let mut src = s.source();
+    send_lines(&mut src, &refs);
+    let got = c.read_lines(lines.len());
+    let want: Vec<String> = (1..=N)
+        .filter(|&q| q != 5_000)
+        .map(|q| format!("{q}|P|0|1"))
+        .collect();
+    assert_eq!(got, want);
+    let before = s.log().matches("stats:").count();
+    s.wait_count("stats:", before + 1);
+    let log = s.log();
+    let line = log.lines().rfind(|l| l.contains("stats:")).unwrap();
+    let slots: u64 = line
+        .split("window=")
+        .nth(1)
+        .and_then(|w| w.split('/').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(slots <= 4096, "the window grew to {slots} slots: {line}");
+    assert!(line.contains("skipped=1 "), "{line}");
+    // The same stream with loss detection off and no timeout: nothing past the hole.
+    let s = Server::start(&["--gap-timeout-ms", "0", "--loss-detection", "timeout"]);
+    let mut c = clients(&s, &[1]).remove(0);
+    let mut src = s.source();
+    send_lines(&mut src, &refs);
+    assert_eq!(c.read_lines(4_999), want[..4_999]);
+    c.expect_silence(Duration::from_millis(300));
+}
+
+/// 150,000 waiting events released at once by their missing first seq go out complete and
+/// in order, over several loop turns (at most 65,536 window steps per turn).
+#[test]
+fn a_release_larger_than_one_turn_is_delivered_complete() {
+    let s = Server::start(&["--gap-timeout-ms", "0", "--loss-detection", "timeout"]);
+    let mut c = clients(&s, &[1]).remove(0);
+    const N: u64 = 150_000;
+    let lines: Vec<String> = (2..=N).map(|q| format!("{q}|P|0|1")).collect();
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let mut src = s.source();
+    send_lines(&mut src, &refs);
+    c.expect_silence(Duration::from_millis(200));
+    send_lines(&mut src, &["1|P|0|1"]);
+    let got = c.read_lines(N as usize);
+    assert_eq!(got[0], "1|P|0|1");
+    assert_eq!(got[1..], lines[..]);
+}

@@ -8,7 +8,7 @@
 
 use follower_maze::event::{parse, Event, Kind, Malformed, ParseError};
 use follower_maze::lines::{Line, LineSplitter};
-use follower_maze::window::{Insert, Pop, ReorderWindow, MIN_BUDGET};
+use follower_maze::window::{Insert, LossDetector, Pop, ReorderWindow, MIN_BUDGET};
 use libfuzzer_sys::fuzz_target;
 
 const MAX: u64 = 64;
@@ -55,7 +55,7 @@ impl Checker {
                 }
                 assert_eq!(self.window.insert(ev, raw), Insert::Stored);
             }
-            Insert::Late => assert!(ev.seq <= self.prev),
+            Insert::Late | Insert::FalseSkip => assert!(ev.seq <= self.prev),
             Insert::Stored | Insert::Duplicate => {}
         }
         assert!(self.window.capacity() as u64 <= MAX.next_power_of_two());
@@ -113,7 +113,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&cut, data)) = data.split_first() else { return };
     let chunk = 1 + (cut as usize % 64);
     let mut lines = LineSplitter::new(32, chunk);
-    let mut c = Checker { window: ReorderWindow::new(2, MAX, MIN_BUDGET), prev: 0 };
+    let mut c = Checker { window: ReorderWindow::new(2, MAX, MIN_BUDGET, LossDetector::new(true)), prev: 0 };
     let mut rest = data;
     while !rest.is_empty() {
         let spare = lines.spare();

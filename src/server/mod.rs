@@ -26,7 +26,7 @@ use crate::lines::{Line, LineSplitter};
 use crate::router::Router;
 use crate::stats::{Counters, Warn, WarnLimiter};
 use crate::warn_limited;
-use crate::window::{Insert, Pop, ReorderWindow};
+use crate::window::{Insert, LossDetector, Pop, ReorderWindow};
 use log::{debug, error, info, trace};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -50,6 +50,8 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
 pub const MAX_SOURCES: usize = 64;
 /// Source bytes read per loop turn, so clients get flushed while a fast source streams.
 const READ_BUDGET: usize = 512 * 1024;
+/// Window steps (events delivered, ranges skipped, lines taken) per loop turn.
+const POP_BUDGET: usize = 64 * 1024;
 /// A client's pending output is written as soon as it reaches this, mid-turn, instead of
 /// growing: large writes (few syscalls) without every client holding a turn's output.
 const WRITE_AT: usize = 8 * 1024;
@@ -175,7 +177,12 @@ impl Server {
             .register(&mut clients, CLIENT_LISTENER, Interest::READABLE)?;
         let now = Instant::now();
         Ok(Server {
-            window: ReorderWindow::new(INITIAL_WINDOW, cfg.max_window, cfg.window_bytes),
+            window: ReorderWindow::new(
+                INITIAL_WINDOW,
+                cfg.max_window,
+                cfg.window_bytes,
+                LossDetector::new(cfg.learned_loss),
+            ),
             next_stats: cfg.stats_interval.map(|i| now + i),
             warns: WarnLimiter::new(cfg.stats_interval.unwrap_or(Duration::from_secs(10)), now),
             cfg,

@@ -35,7 +35,15 @@ impl Server {
     pub(super) fn pump(&mut self, now: Instant) {
         self.work_left = false;
         let mut budget = READ_BUDGET;
+        let mut pops = 0;
         while !self.paused() {
+            if pops == POP_BUDGET {
+                // A skip or a session end can release a million waiting events at once:
+                // they go out over several turns, not in one long one.
+                self.work_left = true;
+                return;
+            }
+            pops += 1;
             if let Some(pop) = self.window.pop() {
                 match pop {
                     Pop::Event(ev) if ev.canonical => self.deliver(&ev, None, now),
@@ -219,6 +227,17 @@ impl Server {
         };
         match outcome {
             Insert::Stored => {}
+            Insert::FalseSkip => {
+                self.stats.false_skips += 1;
+                warn_limited!(
+                    self.warns,
+                    Warn::LateOrDuplicate,
+                    now,
+                    "event {} arrived after it was skipped as lost: learned disorder now {}",
+                    ev.seq,
+                    self.window.disorder()
+                );
+            }
             Insert::Late | Insert::Duplicate => {
                 self.stats.late_or_duplicate += 1;
                 warn_limited!(
@@ -323,13 +342,17 @@ impl Server {
 
     pub(super) fn skipped(&mut self, from: u64, through: u64, now: Instant) {
         self.stats.seqs_skipped += through - from + 1;
+        let stalled = now.saturating_duration_since(self.gap_since);
         self.gap_since = now;
         warn_limited!(
             self.warns,
             Warn::Skipped,
             now,
-            "seqs {from}..={through} skipped ({} events)",
-            through - from + 1
+            "seqs {from}..={through} skipped ({} seqs) after {} ms without delivery; {} events waiting, learned disorder {}",
+            through - from + 1,
+            stalled.as_millis(),
+            self.window.waiting(),
+            self.window.disorder()
         );
     }
 }

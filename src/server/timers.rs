@@ -91,7 +91,7 @@ impl Server {
 
     fn log_stats(&mut self) {
         info!(
-            "stats: {} | sources={} clients={} unidentified={} window={}/{} waiting={} window_bytes={}/{} next_seq={} longest_turn_us={}",
+            "stats: {} | sources={} clients={} unidentified={} window={}/{} waiting={} window_bytes={}/{} disorder={} next_seq={} longest_turn_us={}",
             self.stats,
             self.sources.len(),
             self.clients,
@@ -101,6 +101,7 @@ impl Server {
             self.window.waiting(),
             self.window.bytes(),
             self.window.budget(),
+            self.window.disorder(),
             self.window.next_seq(),
             self.longest_turn.as_micros()
         );

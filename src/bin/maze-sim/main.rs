@@ -68,6 +68,8 @@ struct Settings {
     server_pid: Option<u32>,
     grace: Duration,
     broadcast_permille: u64,
+    /// Events sent per second (in whole batches); 0: as fast as possible.
+    events_per_second: u64,
     /// Scenario adversarial: the attack and its sizes.
     adversarial: Option<adversarial::Config>,
 }
@@ -79,7 +81,8 @@ Settings come from the classic verifier's environment variables (flags of the sa
 override them): eventListenerPort 9090, clientListenerPort 9099, totalEvents 10000000,
 concurrencyLevel 100, numberOfUsers concurrencyLevel*10, randomSeed 666, timeout 20000 (ms),
 maxEventSourceBatchSize 100, logInterval 1000 (ms), logLevel info; also host 127.0.0.1,
-graceMs 300, broadcastPermille 5, scenario standard.
+graceMs 300, broadcastPermille 5, eventsPerSecond 0 (paced: batches sent at that rate;
+0 = as fast as possible), scenario standard.
 
 Scenarios: standard junk fragmented deep-disorder gaps never-reads multi-conn misbehaving
 churn two-sessions soak adversarial";
@@ -163,6 +166,7 @@ fn settings() -> Result<Settings, String> {
         server_pid,
         grace: Duration::from_millis(num(get("graceMs"), "graceMs", 300)?),
         broadcast_permille: num(get("broadcastPermille"), "broadcastPermille", 5)?.min(1000),
+        events_per_second: num(get("eventsPerSecond"), "eventsPerSecond", 0)?,
         adversarial: match scenario {
             Scenario::Adversarial => Some(adversarial::config(get)?),
             _ => None,
@@ -340,6 +344,7 @@ fn run(s: &Settings) -> Outcome {
             junk_every: if s.scenario == Scenario::Junk { 20 } else { 0 },
             fragment: s.scenario == Scenario::Fragmented,
             seed: s.seed.wrapping_add(session),
+            events_per_second: s.events_per_second,
         };
         let (close_tx, close_rx) = std::sync::mpsc::channel();
         let sender = source::spawn(gen_cfg, send, close_rx);

@@ -18,6 +18,9 @@ pub struct SendConfig {
     /// Write lines in pieces of 1..=7 bytes.
     pub fragment: bool,
     pub seed: u64,
+    /// Paced: each batch is sent when the events before it are due at this rate
+    /// (0: as fast as possible).
+    pub events_per_second: u64,
 }
 
 /// Connects, sends every event, then holds the connection open until `close` fires (a
@@ -47,7 +50,13 @@ fn stream_events(
     let mut batch = Vec::with_capacity(send.max_batch);
     let mut bytes = Vec::with_capacity(64 * 1024);
     let (mut count, mut total) = (0u64, 0u64);
+    let started = std::time::Instant::now();
     loop {
+        if send.events_per_second > 0 {
+            let due = started
+                + std::time::Duration::from_secs_f64(count as f64 / send.events_per_second as f64);
+            std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+        }
         batch.clear();
         let size = 1 + rng.below(send.max_batch.max(1) as u64) as usize;
         batch.extend(events.by_ref().take(size));

@@ -1,0 +1,104 @@
+//! Loss detection from the stream itself: how far behind the highest seq seen an event
+//! can still arrive (the source's reorder distance, learned as events arrive), and from
+//! that, when a missing seq is lost rather than late.
+//!
+//! The rule. Let `d` be the largest lateness seen this session: `highest - seq` for an
+//! event that arrived after a higher one. An event that is merely late arrives before more
+//! than `d` later seqs have arrived past it (they all lie within `d` above it). So once the
+//! events waiting behind the next missing seq number more than `FACTOR * d + MIN`, it is
+//! declared lost and skipped, together with every missing seq up to the first waiting
+//! event (holes close together go at once). Evidence is counted in arrivals, not time: a
+//! source that pauses gives none, and then only the gap timeout applies.
+//!
+//! `MIN` covers the start of a session, before anything was learned: within a shuffled
+//! batch, a few arrivals already show a lateness near the batch size, long before `MIN`
+//! events wait. `FACTOR` covers a source whose disorder grows: it may double from one
+//! batch to the next before a seq is taken for lost. The weakness: a source whose disorder
+//! jumps past `FACTOR` times anything seen, in an order that shows it late (a long sorted
+//! run, then a straggler), has the straggler skipped. That is a false skip: counted,
+//! warned, and the lateness it showed is learned, so it does not happen again.
+//!
+//! Cost: a compare and a max per event; a comparison when the next seq is missing.
+
+/// See the module docs.
+pub const FACTOR: u64 = 2;
+/// See the module docs.
+pub const MIN: u64 = 512;
+/// Skipped ranges remembered, to tell a false skip from a duplicate.
+const RECENT: usize = 16;
+
+/// See the module docs.
+pub struct LossDetector {
+    /// Off: missing seqs wait for the gap timeout (or a full window) only.
+    enabled: bool,
+    /// Highest seq stored this session.
+    highest: u64,
+    /// Largest lateness seen this session.
+    disorder: u64,
+    /// The last skipped ranges (from, through), oldest overwritten first.
+    recent: [(u64, u64); RECENT],
+    next: usize,
+}
+
+impl LossDetector {
+    pub fn new(enabled: bool) -> Self {
+        LossDetector {
+            enabled,
+            highest: 0,
+            disorder: 0,
+            recent: [(1, 0); RECENT], // empty ranges
+            next: 0,
+        }
+    }
+
+    /// The learned reorder distance.
+    pub fn disorder(&self) -> u64 {
+        self.disorder
+    }
+
+    /// An event was stored.
+    #[inline(always)]
+    pub fn arrived(&mut self, seq: u64) {
+        if seq > self.highest {
+            self.highest = seq;
+        } else {
+            self.disorder = self.disorder.max(self.highest - seq);
+        }
+    }
+
+    /// Whether the next missing seq is lost, with `waiting` events stored behind it.
+    #[inline]
+    pub fn lost(&self, waiting: usize) -> bool {
+        self.enabled && waiting as u64 > self.disorder.saturating_mul(FACTOR).saturating_add(MIN)
+    }
+
+    /// Seqs `from..=through` were skipped (for whatever reason).
+    pub fn skipped(&mut self, from: u64, through: u64) {
+        self.recent[self.next] = (from, through);
+        self.next = (self.next + 1) % RECENT;
+    }
+
+    /// A late `seq` arrived: if it was skipped recently, that was a false skip, and its
+    /// lateness is learned. Returns whether it was.
+    pub fn false_skip(&mut self, seq: u64) -> bool {
+        let skipped = self
+            .recent
+            .iter()
+            .any(|&(from, through)| (from..=through).contains(&seq));
+        if skipped {
+            self.disorder = self.disorder.max(self.highest.saturating_sub(seq));
+        }
+        skipped
+    }
+
+    /// The sequence restarted at 1 after `u64::MAX`: nothing stored is higher.
+    pub fn wrapped(&mut self) {
+        self.highest = 0;
+        self.recent = [(1, 0); RECENT];
+    }
+
+    /// A new session: nothing learned.
+    pub fn reset(&mut self) {
+        *self = LossDetector::new(self.enabled);
+    }
+}
