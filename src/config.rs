@@ -1,7 +1,7 @@
 //! Configuration: command-line flags and environment variables in, a validated
 //! [`Config`] out. A flag beats its environment variable, which beats the default.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// Everything the server can be told.
@@ -34,6 +34,8 @@ pub struct Config {
     pub max_unidentified: usize,
     /// `None`: no periodic stats line.
     pub stats_interval: Option<Duration>,
+    /// Where to serve `/metrics` and `/healthz`; `None`: nowhere.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -54,6 +56,7 @@ impl Default for Config {
             max_clients: 10_000,
             max_unidentified: 1024,
             stats_interval: Some(Duration::from_secs(10)),
+            metrics_addr: None,
         }
     }
 }
@@ -100,6 +103,8 @@ Options (flag, environment variable, default):
   --max-unidentified N                          max-clients/2, at most 1024: connections
                                                        without an id; the oldest gives way
   --stats-interval-s N                          10     stats line period; 0 = off
+  --metrics-addr [IP:]PORT                      off    serve /metrics (Prometheus) and
+                                                       /healthz there (IP default 127.0.0.1)
   (durations: at most one year)
   -h, --help                                    print this and exit
   -V, --version                                 print the version and exit
@@ -181,6 +186,16 @@ where
             "--stall-timeout-ms" => c.stall_timeout = required_millis(&value()?, &flag)?,
             "--auth-timeout-ms" => c.auth_timeout = required_millis(&value()?, &flag)?,
             "--max-clients" => c.max_clients = number(&value()?, &flag)?,
+            "--metrics-addr" => {
+                let v = value()?;
+                let addr = match v.parse::<u16>() {
+                    Ok(port) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+                    Err(_) => v.parse::<SocketAddr>(),
+                };
+                c.metrics_addr = Some(addr.map_err(|_| {
+                    format!("invalid value '{v}' for --metrics-addr: expected PORT or IP:PORT")
+                })?);
+            }
             "--max-unidentified" => max_unidentified = Some(positive(&value()?, &flag)?),
             "--stats-interval-s" => {
                 let secs: u64 = number(&value()?, &flag)?;
@@ -304,6 +319,8 @@ mod tests {
                 "100000",
                 "--stats-interval-s",
                 "0",
+                "--metrics-addr",
+                "9100",
                 "--event-port",
                 "0",
                 "--client-port",
@@ -324,6 +341,12 @@ mod tests {
         assert_eq!(c.max_unidentified, 2);
         assert_eq!(c.window_bytes, 100_000);
         assert_eq!(c.stats_interval, None);
+        assert_eq!(
+            c.metrics_addr,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9100)))
+        );
+        let c = config(&["--metrics-addr", "0.0.0.0:9101"], &[]);
+        assert_eq!(c.metrics_addr, Some(SocketAddr::from(([0, 0, 0, 0], 9101))));
     }
 
     #[test]
@@ -354,6 +377,7 @@ mod tests {
             &["--keep-state=yes"],
             &["--window-bytes", "65535"],
             &["--loss-detection", "guess"],
+            &["--metrics-addr", "localhost:80"],
             &["--max-unidentified", "0"],
             &["--max-clients", "5", "--max-unidentified", "6"],
             &["--stats-interval-s", "31536001"],

@@ -27,6 +27,8 @@ pub enum Role {
     },
     /// An identified user client: receives notifications, its input is discarded.
     Client { user: u64 },
+    /// A connection to the metrics listener: one request, one response, closed.
+    Scraper(crate::server::Scrape),
 }
 
 /// A connection as remembered across a dispatch: its slab key and its serial. A key alone
@@ -98,7 +100,11 @@ impl Conn {
     /// How log lines name it: `client #7`, `event source #3`.
     pub fn name(&self) -> Name {
         Name {
-            source: matches!(self.role, Role::Source),
+            what: match self.role {
+                Role::Source => "event source",
+                Role::Pending { .. } | Role::Client { .. } => "client",
+                Role::Scraper(_) => "metrics request",
+            },
             serial: self.serial,
         }
     }
@@ -107,18 +113,13 @@ impl Conn {
 /// A connection's name in log lines.
 #[derive(Clone, Copy)]
 pub struct Name {
-    pub source: bool,
+    pub what: &'static str,
     pub serial: u64,
 }
 
 impl std::fmt::Display for Name {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let what = if self.source {
-            "event source"
-        } else {
-            "client"
-        };
-        write!(f, "{what} #{}", self.serial)
+        write!(f, "{} #{}", self.what, self.serial)
     }
 }
 

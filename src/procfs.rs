@@ -1,5 +1,5 @@
-//! A process's CPU time and memory, read from `/proc` (Linux), for maze-sim's summary and
-//! the tests. The server itself reads none.
+//! A process's CPU time and memory, read from `/proc` (Linux), for maze-sim's summary, the
+//! tests, and the server's own RSS gauge on its metrics endpoint.
 
 use std::fmt::Display;
 use std::time::Duration;

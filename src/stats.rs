@@ -31,6 +31,8 @@ pub struct Counters {
     pub clients_bad_id: u64,
     /// Connections without an id closed to make room under `--max-unidentified`.
     pub clients_evicted: u64,
+    /// Requests answered on the metrics listener.
+    pub scrapes: u64,
 }
 
 impl Counters {
@@ -57,37 +59,46 @@ impl Counters {
             clients_rejected,
             clients_stalled,
             clients_bad_id,
-            clients_evicted
+            clients_evicted,
+            scrapes
         )
+    }
+}
+
+impl Counters {
+    /// Every counter with its name, as the stats line and the metrics endpoint show them.
+    pub fn fields(&self) -> [(&'static str, u64); 19] {
+        [
+            ("events_in", self.events_received),
+            ("delivered", self.events_delivered),
+            ("notifications", self.notifications),
+            ("bytes_in", self.bytes_in),
+            ("bytes_out", self.bytes_out),
+            ("writes", self.writes),
+            ("junk", self.junk_lines),
+            ("overlong", self.overlong_lines),
+            ("noop", self.noop_events),
+            ("late_or_dup", self.late_or_duplicate),
+            ("skipped", self.seqs_skipped),
+            ("false_skips", self.false_skips),
+            ("truncated", self.truncated_lines),
+            ("clients_connected", self.clients_connected),
+            ("clients_rejected", self.clients_rejected),
+            ("clients_stalled", self.clients_stalled),
+            ("clients_bad_id", self.clients_bad_id),
+            ("clients_evicted", self.clients_evicted),
+            ("scrapes", self.scrapes),
+        ]
     }
 }
 
 impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "events_in={} delivered={} notifications={} bytes_in={} bytes_out={} writes={} junk={} \
-             overlong={} noop={} late_or_dup={} skipped={} false_skips={} truncated={} clients_connected={} \
-             clients_rejected={} clients_stalled={} clients_bad_id={} clients_evicted={}",
-            self.events_received,
-            self.events_delivered,
-            self.notifications,
-            self.bytes_in,
-            self.bytes_out,
-            self.writes,
-            self.junk_lines,
-            self.overlong_lines,
-            self.noop_events,
-            self.late_or_duplicate,
-            self.seqs_skipped,
-            self.false_skips,
-            self.truncated_lines,
-            self.clients_connected,
-            self.clients_rejected,
-            self.clients_stalled,
-            self.clients_bad_id,
-            self.clients_evicted
-        )
+        for (i, (name, value)) in self.fields().iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{name}={value}")?;
+        }
+        Ok(())
     }
 }
 

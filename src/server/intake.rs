@@ -80,6 +80,9 @@ impl Server {
                 self.accept(side, now);
             }
         }
+        if std::mem::take(&mut self.scrapes_left) {
+            self.accept_scrapers(now);
+        }
     }
 
     fn admit(&mut self, side: Side, mut stream: TcpStream, addr: SocketAddr, now: Instant) {
@@ -237,6 +240,7 @@ impl Server {
                 self.close(key, now);
             }
             Role::Client { .. } if readable && !conn.input_closed => self.read_client(key, now),
+            Role::Scraper(_) => self.on_scraper(key, now),
             _ => {}
         }
     }

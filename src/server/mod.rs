@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 const EVENT_LISTENER: Token = Token(usize::MAX - 1);
 const CLIENT_LISTENER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
+const METRICS_LISTENER: Token = Token(usize::MAX - 4);
 
 /// Granularity of the id and stall timeout checks.
 const TICK: Duration = Duration::from_millis(50);
@@ -76,11 +77,13 @@ const LONG_TURN: Duration = Duration::from_millis(20);
 const SHOWN: usize = 64;
 
 mod intake;
+mod metrics;
 mod pipeline;
 mod session;
 mod timers;
 
 use intake::Side;
+pub use metrics::Scrape;
 use pipeline::Source;
 use session::Session;
 
@@ -91,6 +94,12 @@ pub struct Server {
     event_listener: Option<TcpListener>,
     client_listener: Option<TcpListener>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
+    /// `--metrics-addr` (metrics.rs serves it).
+    metrics_listener: Option<TcpListener>,
+    /// Metrics connections open.
+    scrapers: usize,
+    /// The metrics listener stopped at its batch with connections possibly queued.
+    scrapes_left: bool,
     // ---- connections (intake.rs accepts and reads them, close/reap here remove them)
     conns: Slab<Conn>,
     /// The next connection's serial.
@@ -175,6 +184,16 @@ impl Server {
             .register(&mut events, EVENT_LISTENER, Interest::READABLE)?;
         poll.registry()
             .register(&mut clients, CLIENT_LISTENER, Interest::READABLE)?;
+        let metrics_listener = match cfg.metrics_addr {
+            Some(addr) => {
+                let mut l = TcpListener::bind(addr)?;
+                poll.registry()
+                    .register(&mut l, METRICS_LISTENER, Interest::READABLE)?;
+                info!("metrics on http://{}/metrics", l.local_addr()?);
+                Some(l)
+            }
+            None => None,
+        };
         let now = Instant::now();
         Ok(Server {
             window: ReorderWindow::new(
@@ -190,6 +209,9 @@ impl Server {
             event_listener: Some(events),
             client_listener: Some(clients),
             signals: None,
+            metrics_listener,
+            scrapers: 0,
+            scrapes_left: false,
             conns: Slab::new(),
             next_serial: 1,
             sources: Vec::new(),
@@ -255,6 +277,11 @@ impl Server {
         ))
     }
 
+    /// The bound metrics address, if `--metrics-addr` was given.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref()?.local_addr().ok()
+    }
+
     /// Serves until a signal asks to stop (then drains and returns `Ok`), or the poll or a
     /// listener fails.
     pub fn run(&mut self) -> io::Result<()> {
@@ -273,6 +300,7 @@ impl Server {
                     EVENT_LISTENER => self.accept(Side::Events, now),
                     CLIENT_LISTENER => self.accept(Side::Clients, now),
                     SIGNALS => self.on_signal(),
+                    METRICS_LISTENER => self.accept_scrapers(now),
                     Token(key) => {
                         let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
                         let hung_up = ev.is_error() || ev.is_write_closed();
@@ -328,6 +356,7 @@ impl Server {
             || !self.unread.is_empty()
             || !self.dirty.is_empty()
             || (self.accepts_left.iter().any(|&more| more) && self.accept_paused_until.is_none())
+            || self.scrapes_left
         {
             return Some(Duration::ZERO);
         }
@@ -335,8 +364,9 @@ impl Server {
             Some(t) if !self.paused() && self.window.waiting() > 0 => Some(self.gap_since + t),
             _ => None,
         };
-        let tick = (self.pending_ids > 0 || self.with_output > 0 || self.trim_wanted)
-            .then_some(self.next_tick);
+        let tick =
+            (self.pending_ids > 0 || self.with_output > 0 || self.scrapers > 0 || self.trim_wanted)
+                .then_some(self.next_tick);
         [gap, tick, self.next_stats, self.accept_paused_until]
             .into_iter()
             .flatten()
@@ -449,6 +479,7 @@ impl Server {
                 self.clients -= 1;
                 self.router.disconnect(user, key);
             }
+            Role::Scraper(_) => self.scrapers -= 1,
         }
         if was_paused && !self.paused() {
             self.resume(now);
@@ -473,9 +504,13 @@ impl Server {
 
     /// Shutdown: stop accepting, give pending output up to a second, log final stats.
     fn finish(&mut self) -> io::Result<()> {
-        for mut l in [self.event_listener.take(), self.client_listener.take()]
-            .into_iter()
-            .flatten()
+        for mut l in [
+            self.event_listener.take(),
+            self.client_listener.take(),
+            self.metrics_listener.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             let _ = self.poll.registry().deregister(&mut l);
         }

@@ -23,7 +23,7 @@ impl Server {
         }
         if now >= self.next_tick {
             self.next_tick = now + TICK;
-            if self.pending_ids > 0 || self.with_output > 0 {
+            if self.pending_ids > 0 || self.with_output > 0 || self.scrapers > 0 {
                 self.check_timeouts(now);
             }
             if self.trim_wanted
@@ -49,12 +49,14 @@ impl Server {
     fn check_timeouts(&mut self, now: Instant) {
         let stall = self.cfg.stall_timeout;
         let mut expired = Vec::new();
+        let mut scrapers = Vec::new();
         for (key, conn) in self.conns.iter() {
             if conn.closing {
                 continue;
             }
             match conn.role {
                 Role::Pending { deadline, .. } if now >= deadline => expired.push((key, false)),
+                Role::Scraper(ref s) if now >= s.deadline => scrapers.push(key),
                 Role::Client { .. }
                     if conn.out.pending() > 0
                         && now.duration_since(conn.stalled_since) >= stall =>
@@ -63,6 +65,13 @@ impl Server {
                 }
                 _ => {}
             }
+        }
+        for key in scrapers {
+            debug!(
+                "{} closed: not done within its deadline",
+                self.conns[key].name()
+            );
+            self.close(key, now);
         }
         for (key, stalled) in expired {
             let name = self.conns[key].name();
