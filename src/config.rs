@@ -65,6 +65,10 @@ impl Default for Config {
 /// bound far inside what `Instant` can represent keeps every such sum valid.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// The largest `--max-window`: a ring of 2^21 slots is 64 MiB, filled in one loop turn when
+/// the window grows to it (about 60 ms here); a larger one would be a longer turn.
+pub const MAX_WINDOW: u64 = 1 << 21;
+
 /// The smallest `--window-bytes`.
 pub const MIN_WINDOW_BYTES: usize = crate::window::MIN_BUDGET;
 
@@ -157,8 +161,8 @@ where
             }
             "--max-window" => {
                 c.max_window = number(&value()?, &flag)?;
-                if c.max_window == 0 || c.max_window > 1 << 30 {
-                    return Err("--max-window must be between 1 and 1073741824".into());
+                if c.max_window == 0 || c.max_window > MAX_WINDOW {
+                    return Err(format!("--max-window must be between 1 and {MAX_WINDOW}"));
                 }
             }
             "--window-bytes" => {
@@ -370,6 +374,7 @@ mod tests {
             &["--event-port"],
             &["--bind", "nowhere"],
             &["--max-window", "0"],
+            &["--max-window", "2097153"],
             &["--auth-timeout-ms", "0"],
             &["--client-buffer-limit", "0"],
             &["--total-buffer-limit", "0"],

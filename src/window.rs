@@ -90,6 +90,8 @@ pub struct ReorderWindow {
     wanted: Option<(u64, Option<usize>)>,
     /// Session end: skip every gap until nothing waits.
     flushing: bool,
+    /// Gap timeout: missing seqs up to here are skipped when reached.
+    gap_through: u64,
     /// Most events held beyond `last`.
     max: u64,
     initial: usize,
@@ -126,9 +128,10 @@ impl ReorderWindow {
             waiting: 0,
             wanted: None,
             flushing: false,
+            gap_through: 0,
             max,
             initial: cap,
-            payloads: Payloads::default(),
+            payloads: Payloads::new(budget),
             next_payload: None,
             budget,
             loss,
@@ -254,8 +257,8 @@ impl ReorderWindow {
         if !self.fits(&ev, payload) {
             return Insert::Full;
         }
-        if !within {
-            self.grow(distance); // beyond the ring, so not waiting already
+        if !within && !self.grow(distance) {
+            return Insert::Full; // no memory for a larger ring: `max` was lowered to fit
         }
         self.store_at(self.slot(ev.seq), ev, distance);
         if !ev.canonical {
@@ -285,10 +288,21 @@ impl ReorderWindow {
         self.loss.arrived(ev.seq);
     }
 
-    fn grow(&mut self, distance: u64) {
+    /// Grows the ring to hold `distance`; if the memory cannot be had, the window stays as
+    /// it is and holds no more than it can from now on (warned): refused, not aborted.
+    fn grow(&mut self, distance: u64) -> bool {
         let cap = ring_size(distance).min(ring_size(self.max));
         debug_assert!(cap as u64 >= distance);
-        let mut slots = vec![EMPTY; cap];
+        let mut slots = Vec::new();
+        if slots.try_reserve_exact(cap).is_err() {
+            self.max = self.slots.len() as u64;
+            log::warn!(
+                "reorder window cannot grow to {cap} slots (out of memory): it holds at most {} events from now on",
+                self.max
+            );
+            return false;
+        }
+        slots.resize(cap, EMPTY);
         let mut occupied = Occupancy::new(cap);
         for ev in self.slots.iter().filter(|e| e.seq != 0) {
             let i = (ev.seq & (cap as u64 - 1)) as usize;
@@ -297,6 +311,7 @@ impl ReorderWindow {
         }
         self.slots = slots;
         self.occupied = occupied;
+        true
     }
 
     /// The next event if it is here; else a skip if policy says so; else `None`.
@@ -304,6 +319,7 @@ impl ReorderWindow {
         if self.last == u64::MAX {
             debug_assert_eq!(self.waiting, 0, "nothing can wait beyond u64::MAX");
             self.last = 0;
+            self.gap_through = 0;
             self.loss.wrapped();
             return Some(Pop::Wrapped);
         }
@@ -330,6 +346,8 @@ impl ReorderWindow {
                 // delivers what waits behind it; at worst the event becomes the next one.
                 seq - 1
             }
+        } else if self.last < self.gap_through {
+            self.gap_through
         } else if self.loss.lost(self.waiting) {
             u64::MAX // up to the first waiting event
         } else {
@@ -404,7 +422,19 @@ impl ReorderWindow {
         Some(self.last + 1 + ahead)
     }
 
-    /// Gap timeout: gives up on the missing seqs before the first waiting event.
+    /// Gap timeout: from now on, [`pop`](Self::pop) gives up on every missing seq up to
+    /// `through` (at most the highest seq stored), delivering what waits between them: holes
+    /// that were missing together are given up together.
+    pub fn skip_gaps_through(&mut self, through: u64) {
+        self.gap_through = self.gap_through.max(through.min(self.loss.highest()));
+    }
+
+    /// The highest seq stored this session.
+    pub fn highest(&self) -> u64 {
+        self.loss.highest()
+    }
+
+    /// Gives up on the missing seqs before the first waiting event, now.
     pub fn skip_gap(&mut self) -> Option<Pop> {
         if self.waiting == 0 {
             return None;
@@ -442,6 +472,7 @@ impl ReorderWindow {
         self.waiting = 0;
         self.wanted = None;
         self.flushing = false;
+        self.gap_through = 0;
         self.loss.reset();
     }
 }
@@ -929,5 +960,32 @@ mod tests {
         }
         assert_eq!(w.pop(), None);
         assert_eq!(w.waiting(), 9_999);
+    }
+
+    #[test]
+    fn holes_missing_together_are_given_up_together() {
+        let mut w = ReorderWindow::new(64, 1 << 20, usize::MAX, LossDetector::new(false));
+        for s in (2..=12).step_by(2) {
+            w.insert(ev(s), b"");
+        }
+        assert_eq!(drain(&mut w), (vec![], vec![]));
+        w.skip_gaps_through(12);
+        let (got, skipped) = drain(&mut w);
+        assert_eq!(got, vec![2, 4, 6, 8, 10, 12]);
+        assert_eq!(
+            skipped,
+            vec![(1, 1), (3, 3), (5, 5), (7, 7), (9, 9), (11, 11)]
+        );
+        // A hole that opens later is not given up with them.
+        w.insert(ev(14), b"");
+        assert_eq!(drain(&mut w), (vec![], vec![]));
+        w.skip_gaps_through(u64::MAX); // bounded by the highest stored: 14
+        assert_eq!(drain(&mut w), (vec![14], vec![(13, 13)]));
+        w.insert(ev(16), b"");
+        assert_eq!(
+            drain(&mut w),
+            (vec![], vec![]),
+            "15 waits for its own timeout"
+        );
     }
 }

@@ -326,3 +326,19 @@ fn a_release_larger_than_one_turn_is_delivered_complete() {
     assert_eq!(got[0], "1|P|0|1");
     assert_eq!(got[1..], lines[..]);
 }
+
+/// SPEC: holes close together are timed together. Eight holes open at once under a 2 s gap
+/// timeout are given up on together: timed one after another they would take 16 s, past
+/// the reader's 10 s timeout.
+#[test]
+fn holes_opened_together_are_given_up_together() {
+    let s = Server::start(&["--gap-timeout-ms", "2000"]);
+    let mut c = clients(&s, &[1]).remove(0);
+    let lines: Vec<String> = (1..=8).map(|k| format!("{}|P|0|1", 2 * k)).collect();
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let mut src = s.source();
+    send_lines(&mut src, &refs);
+    assert_eq!(c.read_lines(8), lines);
+    let (_, log) = s.terminate();
+    assert!(log.contains("skipped=8 "), "{log}");
+}

@@ -53,6 +53,9 @@ pub const MAX_SOURCES: usize = 64;
 const READ_BUDGET: usize = 512 * 1024;
 /// Window steps (events delivered, ranges skipped, lines taken) per loop turn.
 const POP_BUDGET: usize = 64 * 1024;
+/// Notifications appended per loop turn (about 10 ms of work); the turn ends after the
+/// event that reaches it.
+const NOTE_BUDGET: u64 = 128 * 1024;
 /// A client's pending output is written as soon as it reaches this, mid-turn, instead of
 /// growing: large writes (few syscalls) without every client holding a turn's output.
 const WRITE_AT: usize = 8 * 1024;
@@ -150,6 +153,9 @@ pub struct Server {
     longest_turn_ever: Duration,
     /// The gap clock: last delivery, or when events started waiting, or resume.
     gap_since: Instant,
+    /// The highest seq stored at the end of the turn that started the gap clock: every
+    /// hole below it has been missing at least since then.
+    gap_horizon: u64,
     next_tick: Instant,
     next_stats: Option<Instant>,
     accept_paused_until: Option<Instant>,
@@ -238,6 +244,7 @@ impl Server {
             longest_turn: Duration::ZERO,
             longest_turn_ever: Duration::ZERO,
             gap_since: now,
+            gap_horizon: 0,
             next_tick: now,
             accept_paused_until: None,
             accepts_left: [false; 2],
@@ -312,6 +319,11 @@ impl Server {
             self.drain_unread(now);
             self.timers(now);
             self.pump(now);
+            if self.gap_since == now {
+                // Set this turn (per delivery, at no cost there): holes now open are timed
+                // from now.
+                self.gap_horizon = self.window.highest();
+            }
             self.flush(now);
             self.reap();
             let turn = now.elapsed();

@@ -36,10 +36,12 @@ impl Server {
         self.work_left = false;
         let mut budget = READ_BUDGET;
         let mut pops = 0;
+        let notes_by = self.stats.notifications + NOTE_BUDGET;
         while !self.paused() {
-            if pops == POP_BUDGET {
-                // A skip or a session end can release a million waiting events at once:
-                // they go out over several turns, not in one long one.
+            if pops == POP_BUDGET || self.stats.notifications >= notes_by {
+                // A skip or a session end can release a million waiting events at once, and
+                // a broadcast reaches every client: the work goes out over several turns,
+                // not in one long one.
                 self.work_left = true;
                 return;
             }

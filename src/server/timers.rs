@@ -16,8 +16,13 @@ impl Server {
             // starved process), read them before deciding anything is missing.
             let unread = self.sources.iter().any(|s| s.readable || s.eof);
             if !self.paused() && !unread && self.held.is_none() && now >= self.gap_since + gap {
-                if let Some(Pop::Skipped { from, through }) = self.window.skip_gap() {
-                    self.skipped(from, through, now);
+                if self.window.next_seq() <= self.gap_horizon {
+                    // Every hole below the horizon has been missing since the clock started.
+                    self.window.skip_gaps_through(self.gap_horizon);
+                    self.work_left = true;
+                } else {
+                    // Only holes newer than the clock: theirs starts now.
+                    self.gap_since = now;
                 }
             }
         }

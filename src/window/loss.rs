@@ -51,6 +51,11 @@ impl LossDetector {
         }
     }
 
+    /// The highest seq stored this session.
+    pub fn highest(&self) -> u64 {
+        self.highest
+    }
+
     /// The learned reorder distance.
     pub fn disorder(&self) -> u64 {
         self.disorder

@@ -1,5 +1,5 @@
 //! The payloads of waiting events that are not in canonical form (leading zeros), kept
-//! beside the ring: byte blocks of 256 KiB and an index by seq.
+//! beside the ring: byte blocks (256 KiB at the default budget) and an index by seq.
 //!
 //! Blocks, not one allocation per payload: 60,000 kept lines as separate boxes freed into
 //! 60,000 heap chunks, and handing those back to the OS (`malloc_trim`) took one loop turn
@@ -11,8 +11,10 @@
 use hashbrown::HashMap;
 use slab::Slab;
 
-/// Bytes per block; a payload (at most 1 KiB) never spans two.
+/// Bytes per block at most; a payload (at most 1 KiB and its line end) never spans two.
 const BLOCK: usize = 256 * 1024;
+/// Bytes per block at least.
+const MIN_BLOCK: usize = 2 * 1024;
 /// What one index entry is counted as: a 32-byte bucket and its control byte, in a table
 /// that is kept at least a quarter full (so at most ~4.6 buckets per entry).
 const ENTRY: usize = 160;
@@ -26,8 +28,9 @@ struct Block {
 }
 
 /// See the module docs.
-#[derive(Default)]
 pub struct Payloads {
+    /// Bytes per block: a small budget gets small blocks, so it still holds a few.
+    block: usize,
     blocks: Slab<Block>,
     /// The block being filled.
     current: Option<usize>,
@@ -36,31 +39,41 @@ pub struct Payloads {
 }
 
 impl Payloads {
+    /// Payloads for a window of `budget` bytes: blocks of 1/64 of it, within 2-256 KiB.
+    pub fn new(budget: usize) -> Self {
+        Payloads {
+            block: (budget / 64).clamp(MIN_BLOCK, BLOCK),
+            blocks: Slab::new(),
+            current: None,
+            at: HashMap::new(),
+        }
+    }
+
     /// The bytes this takes now.
     pub fn bytes(&self) -> usize {
-        self.blocks.len() * BLOCK + index_bytes(self.at.len())
+        self.blocks.len() * self.block + index_bytes(self.at.len())
     }
 
     /// What [`bytes`](Self::bytes) will be after a [`put`](Self::put) of `len` bytes.
     pub fn bytes_after(&self, len: usize) -> usize {
         let blocks = self.blocks.len() + usize::from(self.room() < len);
-        blocks * BLOCK + index_bytes(self.at.len() + 1)
+        blocks * self.block + index_bytes(self.at.len() + 1)
     }
 
     /// Free bytes in the block being filled.
     fn room(&self) -> usize {
         self.current
-            .map_or(0, |b| BLOCK - self.blocks[b].bytes.len())
+            .map_or(0, |b| self.block - self.blocks[b].bytes.len())
     }
 
     /// Keeps `payload` as `seq`'s.
     pub fn put(&mut self, seq: u64, payload: &[u8]) {
-        debug_assert!(payload.len() <= BLOCK);
+        debug_assert!(payload.len() <= self.block);
         let b = match self.current {
             Some(b) if self.room() >= payload.len() => b,
             _ => {
                 let b = self.blocks.insert(Block {
-                    bytes: Vec::with_capacity(BLOCK),
+                    bytes: Vec::with_capacity(self.block),
                     live: 0,
                 });
                 self.retire_current();
@@ -134,7 +147,7 @@ mod tests {
     #[test]
     fn payloads_come_back_as_put_and_the_cost_is_foretold() {
         let mut rng = Rng::new(7);
-        let mut p = Payloads::default();
+        let mut p = Payloads::new(64 << 20);
         let mut model: std::collections::HashMap<u64, Vec<u8>> = Default::default();
         let mut out = Vec::new();
         for seq in 1..20_000u64 {
