@@ -77,8 +77,11 @@ impl LineSplitter {
         let pending = &self.buf[self.start..self.end];
         let Some(i) = find_newline(pending) else {
             // `cap + 1` bytes may still be a longest payload waiting for the `\n` of its
-            // `\r\n`; past that the line is over-long whatever follows.
-            if pending.len() > self.cap + 1 {
+            // `\r\n`, if the last is that `\r`; past that the line is over-long whatever
+            // follows, and known to be as soon as it is.
+            let over = pending.len() > self.cap + 1
+                || (pending.len() == self.cap + 1 && pending[self.cap] != b'\r');
+            if over {
                 self.discarding = true;
             }
             if self.discarding {
@@ -261,6 +264,26 @@ mod tests {
     fn only_one_cr_is_stripped_and_inner_cr_kept() {
         let got = split_at_cuts(b"a\rb\r\r\n", &[], 64, 64);
         assert_eq!(got, vec![Item::Full(b"a\rb\r".to_vec())]);
+    }
+
+    #[test]
+    fn a_line_is_known_over_long_at_cap_plus_one_bytes_unless_the_last_is_cr() {
+        fn feed(l: &mut LineSplitter, bytes: &[u8]) {
+            l.spare()[..bytes.len()].copy_from_slice(bytes);
+            l.filled(bytes.len());
+        }
+        let mut l = LineSplitter::new(4, 16);
+        feed(&mut l, b"1234\r");
+        assert_eq!(l.next_line(), None);
+        assert!(
+            !l.is_discarding(),
+            "4 bytes and the \\r of a \\r\\n: not over-long yet"
+        );
+        feed(&mut l, b"\n");
+        assert_eq!(l.next_line(), Some(Line::Full(b"1234")));
+        feed(&mut l, b"12345");
+        assert_eq!(l.next_line(), None);
+        assert!(l.is_discarding(), "5 bytes, no \\r: over-long already");
     }
 
     #[test]

@@ -391,3 +391,14 @@ fn a_burst_of_1500_clients_is_accepted_and_each_gets_a_broadcast() {
         "{log}"
     );
 }
+
+/// An id line known to be over-long is refused at once, not at the id timeout: 65 digits
+/// with no line end can no longer be a 64-byte id.
+#[test]
+fn an_id_over_64_bytes_is_refused_as_soon_as_it_is_known() {
+    let s = Server::start(&["--auth-timeout-ms", "60000"]);
+    let mut c = Client::connect(s.clients);
+    c.send("1".repeat(65).as_bytes());
+    c.expect_closed();
+    s.wait_log("over-long id");
+}
