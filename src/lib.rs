@@ -17,6 +17,7 @@ pub mod config;
 pub mod conn;
 pub mod event;
 pub mod lines;
+pub mod notify;
 pub mod outbuf;
 pub mod procfs;
 pub mod rng;

@@ -1,4 +1,5 @@
-//! The server binary: parse flags, set up logging, bind, hand over to the library.
+//! The server binary: parse flags, set up logging, bind, hand over to the library, and
+//! tell systemd (or any supervisor speaking its notify protocol) when it is ready.
 
 use follower_maze::config::{self, Command};
 use follower_maze::Server;
@@ -49,7 +50,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Ok((ev, cl)) = server.local_addrs() {
+    let addrs = server.local_addrs();
+    if let Ok((ev, cl)) = &addrs {
         log::info!(
             "follower-maze {} listening: events on {ev}, clients on {cl} (max_window={} window_bytes={} gap_timeout={:?} loss_detection={} keep_state={} client_buffer_limit={} total_buffer_limit={} stall_timeout={:?} auth_timeout={:?} max_clients={} max_unidentified={} stats_interval={:?})",
             env!("CARGO_PKG_VERSION"),
@@ -67,7 +69,21 @@ fn main() -> ExitCode {
             cfg.stats_interval,
         );
     }
-    match server.run() {
+    // Both listeners are bound and listening, signals are handled: from here on a
+    // connection is accepted, so this is the moment to report ready (once).
+    let notifier = follower_maze::notify::Notifier::from_env();
+    if let Some(n) = &notifier {
+        let status = match &addrs {
+            Ok((ev, cl)) => format!("STATUS=events on {ev}, clients on {cl}"),
+            Err(_) => "STATUS=listening".to_owned(),
+        };
+        n.send(&format!("READY=1\n{status}"));
+    }
+    let result = server.run();
+    if let Some(n) = &notifier {
+        n.send("STOPPING=1\nSTATUS=stopped");
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("poll loop failed: {e}");
