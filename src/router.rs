@@ -7,6 +7,7 @@
 use crate::event::{Event, Kind};
 use hashbrown::{HashMap, HashSet};
 use slab::Slab;
+use std::collections::VecDeque;
 
 /// Connection key, as in the server's slab. The server disconnects a connection here
 /// before its key can be reused.
@@ -22,19 +23,55 @@ pub type ConnId = usize;
 /// status update costs one hash lookup, then one plain index per connected follower. The
 /// index never holds more entries than the graph has edges, and a connection that comes
 /// or goes while its user has others costs O(1), however many users that user follows.
-#[derive(Default)]
+///
+/// A user's first connection or last disconnect costs O(its followees) in the index. For
+/// a user following more than `slice` users that work is a job done `slice` entries per
+/// loop turn ([`work`](Self::work)); while any job is pending, [`indexing`](Self::indexing)
+/// is true and the server routes nothing (it holds the pipeline as for backpressure), so
+/// no event sees a half-built index.
 pub struct Router {
     /// user -> the users they follow.
     following: HashMap<u64, UserSet>,
     /// author -> the `online` slots of the author's connected followers.
     connected_followers: HashMap<u64, UserSet>,
-    /// user -> its slot in `online`, for users with an identified connection.
+    /// user -> its slot in `online`, for users with an identified connection (or with an
+    /// index job still pending).
     slot_of: HashMap<u64, usize>,
-    /// slot -> a connected user and its identified connections (usually one). A slot is
-    /// freed when the user's last connection leaves, after it left every index set.
-    online: Slab<(u64, Vec<ConnId>)>,
+    online: Slab<Online>,
     /// conn -> its index in its user's list, so it leaves in O(1).
     positions: Vec<u32>,
+    /// Index jobs for heavy users, in order.
+    jobs: VecDeque<Job>,
+    /// Index entries per job step; users following more get a job.
+    slice: usize,
+}
+
+/// A connected user: its identified connections (usually one). The slot is freed when the
+/// last one leaves and no index job refers to it any more.
+struct Online {
+    user: u64,
+    conns: Vec<ConnId>,
+    jobs: u32,
+}
+
+/// Adding a slot to, or removing it from, the index sets of the authors a user follows.
+struct Job {
+    slot: usize,
+    add: bool,
+    /// The followees when the job started (the graph does not change while jobs are
+    /// pending: nothing is routed), and how many were done.
+    authors: Vec<u64>,
+    done: usize,
+}
+
+/// Index entries done per loop turn at most, and the followee count above which a user's
+/// connect or disconnect is done in such steps.
+pub const INDEX_SLICE: usize = 8 * 1024;
+
+impl Default for Router {
+    fn default() -> Self {
+        Router::with_slice(INDEX_SLICE)
+    }
 }
 
 impl Router {
@@ -42,29 +79,94 @@ impl Router {
         Self::default()
     }
 
+    /// A router that indexes `slice` entries per step (small in tests).
+    pub fn with_slice(slice: usize) -> Self {
+        Router {
+            following: HashMap::new(),
+            connected_followers: HashMap::new(),
+            slot_of: HashMap::new(),
+            online: Slab::new(),
+            positions: Vec::new(),
+            jobs: VecDeque::new(),
+            slice: slice.max(1),
+        }
+    }
+
+    /// Index jobs are pending: route nothing until [`work`](Self::work) has done them.
+    pub fn indexing(&self) -> bool {
+        !self.jobs.is_empty()
+    }
+
+    /// Does up to one slice of pending index work.
+    pub fn work(&mut self) {
+        let mut budget = self.slice;
+        while budget > 0 {
+            let Some(job) = self.jobs.front_mut() else {
+                return;
+            };
+            let end = (job.done + budget).min(job.authors.len());
+            for &a in &job.authors[job.done..end] {
+                index(&mut self.connected_followers, a, job.slot, job.add);
+            }
+            budget -= end - job.done;
+            job.done = end;
+            if job.done == job.authors.len() {
+                let slot = job.slot;
+                self.jobs.pop_front();
+                self.online[slot].jobs -= 1;
+                self.release_if_unused(slot);
+            }
+        }
+    }
+
+    /// Adds (or removes) `slot` to (from) the index sets of `user`'s followees: at once
+    /// for a light user, as a job for a heavy one or one with a job already pending.
+    fn index_user(&mut self, user: u64, slot: usize, add: bool) {
+        let Some(authors) = self.following.get(&user) else {
+            return;
+        };
+        if authors.len() <= self.slice && self.online[slot].jobs == 0 {
+            authors.for_each(|a| index(&mut self.connected_followers, a, slot, add));
+            return;
+        }
+        let mut list = Vec::with_capacity(authors.len());
+        authors.for_each(|a| list.push(a));
+        self.online[slot].jobs += 1;
+        self.jobs.push_back(Job {
+            slot,
+            add,
+            authors: list,
+            done: 0,
+        });
+    }
+
+    /// Frees `slot` if its user has no connection and no job refers to it.
+    fn release_if_unused(&mut self, slot: usize) {
+        let online = &self.online[slot];
+        if online.conns.is_empty() && online.jobs == 0 {
+            self.slot_of.remove(&online.user);
+            self.online.remove(slot);
+        }
+    }
+
     /// Registers `conn` as a connection of `user`; it receives events routed from now on.
     pub fn connect(&mut self, user: u64, conn: ConnId) {
         let online = &mut self.online;
-        let slot = *self
-            .slot_of
-            .entry(user)
-            .or_insert_with(|| online.insert((user, Vec::new())));
-        let conns = &mut self.online[slot].1;
+        let slot = *self.slot_of.entry(user).or_insert_with(|| {
+            online.insert(Online {
+                user,
+                conns: Vec::new(),
+                jobs: 0,
+            })
+        });
+        let conns = &mut self.online[slot].conns;
         if conn >= self.positions.len() {
             self.positions.resize(conn + 1, 0);
         }
         self.positions[conn] = conns.len() as u32;
         conns.push(conn);
-        if conns.len() > 1 {
-            return;
-        }
-        if let Some(authors) = self.following.get(&user) {
-            authors.for_each(|a| {
-                self.connected_followers
-                    .entry(a)
-                    .or_default()
-                    .insert(slot as u64);
-            });
+        if conns.len() == 1 {
+            self.index_user(user, slot, true);
         }
     }
 
@@ -73,7 +175,7 @@ impl Router {
         let Some(&slot) = self.slot_of.get(&user) else {
             return;
         };
-        let conns = &mut self.online[slot].1;
+        let conns = &mut self.online[slot].conns;
         let Some(&i) = self.positions.get(conn) else {
             return;
         };
@@ -88,23 +190,13 @@ impl Router {
         if !conns.is_empty() {
             return;
         }
-        if let Some(authors) = self.following.get(&user) {
-            authors.for_each(|a| {
-                if let Some(set) = self.connected_followers.get_mut(&a) {
-                    set.remove(slot as u64);
-                    if set.len() == 0 {
-                        self.connected_followers.remove(&a);
-                    }
-                }
-            });
-        }
-        self.slot_of.remove(&user);
-        self.online.remove(slot);
+        self.index_user(user, slot, false);
+        self.release_if_unused(slot);
     }
 
     /// Identified connections now.
     pub fn connections(&self) -> usize {
-        self.online.iter().map(|(_, (_, conns))| conns.len()).sum()
+        self.online.iter().map(|(_, o)| o.conns.len()).sum()
     }
 
     /// Follow edges now.
@@ -143,14 +235,14 @@ impl Router {
                 }
             }
             Kind::Broadcast => {
-                for (_, (_, conns)) in self.online.iter() {
-                    extend(out, conns);
+                for (_, o) in self.online.iter() {
+                    extend(out, &o.conns);
                 }
             }
             Kind::Private => self.user_conns(ev.to, out),
             Kind::Status => {
                 if let Some(followers) = self.connected_followers.get(&ev.from) {
-                    followers.for_each(|slot| extend(out, &self.online[slot as usize].1));
+                    followers.for_each(|slot| extend(out, &self.online[slot as usize].conns));
                 }
             }
             Kind::NoOp => {}
@@ -160,14 +252,27 @@ impl Router {
     #[inline]
     fn user_conns(&self, user: u64, out: &mut Vec<ConnId>) {
         if let Some(&slot) = self.slot_of.get(&user) {
-            extend(out, &self.online[slot].1);
+            extend(out, &self.online[slot].conns);
         }
     }
 
-    /// Session end: forget every follow relation (connections stay).
+    /// Session end: forget every follow relation (connections stay). Not while indexing.
     pub fn clear_follows(&mut self) {
+        debug_assert!(self.jobs.is_empty());
         self.following = HashMap::new();
         self.connected_followers = HashMap::new();
+    }
+}
+
+/// Adds `slot` to (or removes it from) `author`'s set of connected followers.
+fn index(sets: &mut HashMap<u64, UserSet>, author: u64, slot: usize, add: bool) {
+    if add {
+        sets.entry(author).or_default().insert(slot as u64);
+    } else if let Some(set) = sets.get_mut(&author) {
+        set.remove(slot as u64);
+        if set.len() == 0 {
+            sets.remove(&author);
+        }
     }
 }
 
@@ -431,16 +536,20 @@ mod tests {
     #[test]
     fn random_events_against_a_brute_force_model() {
         // Few users following few; then few users following many (lists become sets).
-        brute_force(20, 20);
-        brute_force(4, 200);
-        // Many users following few: authors with many connected followers (sets too).
-        brute_force(200, 4);
+        for slice in [INDEX_SLICE, 2] {
+            brute_force(20, 20, slice);
+            brute_force(4, 200, slice);
+            // Many users following few: authors with many connected followers (sets too).
+            brute_force(200, 4, slice);
+        }
     }
 
-    fn brute_force(from_range: u64, to_range: u64) {
+    /// With a small `slice`, users following more than `slice` are indexed by jobs, done
+    /// (as the server does) before the next event is routed.
+    fn brute_force(from_range: u64, to_range: u64, slice: usize) {
         let mut rng = crate::rng::Rng::new(12345);
         let mut rnd = move |n: u64| rng.below(n);
-        let mut r = Router::new();
+        let mut r = Router::with_slice(slice);
         let mut edges: Vec<(u64, u64)> = Vec::new();
         let mut conns: Vec<(u64, ConnId)> = Vec::new();
         let mut next_conn = 0;
@@ -456,6 +565,9 @@ mod tests {
             match rnd(12) {
                 0 => {
                     r.connect(a, next_conn);
+                    while r.indexing() {
+                        r.work();
+                    }
                     conns.push((a, next_conn));
                     next_conn += 1;
                     continue;
@@ -463,6 +575,9 @@ mod tests {
                 1 if !conns.is_empty() => {
                     let (u, c) = conns.swap_remove(rnd(conns.len() as u64) as usize);
                     r.disconnect(u, c);
+                    while r.indexing() {
+                        r.work();
+                    }
                     continue;
                 }
                 _ => {}
@@ -492,5 +607,41 @@ mod tests {
             want.sort();
             assert_eq!(got, want, "{kind:?} {a} {b}");
         }
+    }
+
+    #[test]
+    fn a_heavy_users_index_is_built_in_slices_and_a_quick_return_is_consistent() {
+        let mut r = Router::with_slice(100);
+        for a in 0..1000 {
+            route(&mut r, ev(Kind::Follow, 1, 10_000 + a));
+        }
+        r.connect(1, 7);
+        assert!(r.indexing(), "1,000 followees: a job, not one long step");
+        let mut steps = 0;
+        while r.indexing() {
+            r.work();
+            steps += 1;
+        }
+        assert_eq!(steps, 10);
+        assert_eq!(route(&mut r, ev(Kind::Status, 10_999, 0)), vec![7]);
+        // Gone, and back before the removal finished: the index ends up right.
+        r.disconnect(1, 7);
+        r.work();
+        r.connect(1, 8);
+        while r.indexing() {
+            r.work();
+        }
+        assert_eq!(route(&mut r, ev(Kind::Status, 10_000, 0)), vec![8]);
+        assert_eq!(index_entries(&r), 1000);
+        r.disconnect(1, 8);
+        while r.indexing() {
+            r.work();
+        }
+        assert_eq!(index_entries(&r), 0);
+        assert_eq!(
+            r.online.len(),
+            0,
+            "the slot is freed once no job refers to it"
+        );
     }
 }

@@ -402,3 +402,32 @@ fn an_id_over_64_bytes_is_refused_as_soon_as_it_is_known() {
     c.expect_closed();
     s.wait_log("over-long id");
 }
+
+/// A user following 20,000 others (more than one turn's index slice) comes and goes:
+/// its index is built over several turns while nothing is routed, and every status of an
+/// author it follows reaches exactly its live connection.
+#[test]
+fn a_user_following_thousands_connects_and_resets_without_losing_a_status() {
+    let s = Server::start(&[]);
+    let mut other = clients(&s, &[2]).remove(0);
+    let mut src = s.source();
+    let follows: Vec<String> = (1..=20_000u64)
+        .map(|a| format!("{a}|F|9|{}", 100_000 + a))
+        .collect();
+    let refs: Vec<&str> = follows.iter().map(String::as_str).collect();
+    send_lines(&mut src, &refs);
+    send_lines(&mut src, &["20001|F|2|100777", "20002|P|0|2"]);
+    assert_eq!(other.read_lines(1), ["20002|P|0|2"]);
+    let mut seq = 20_002;
+    for round in 0..3 {
+        let quick = clients(&s, &[9]).remove(0);
+        reset(quick.stream);
+        let mut c = clients(&s, &[9]).remove(0);
+        seq += 1;
+        let status = format!("{seq}|S|100777");
+        send_lines(&mut src, &[&status]);
+        assert_eq!(c.read_lines(1), [status.clone()], "round {round}");
+        assert_eq!(other.read_lines(1), [status]);
+        reset(c.stream);
+    }
+}

@@ -317,6 +317,12 @@ impl Server {
             }
             self.accept_left(now);
             self.drain_unread(now);
+            if self.router.indexing() {
+                self.router.work();
+                if !self.paused() {
+                    self.resume(now);
+                }
+            }
             self.timers(now);
             self.pump(now);
             if self.gap_since == now {
@@ -358,13 +364,17 @@ impl Server {
         }
     }
 
-    /// Backpressure: some client, or all of them together, hold too much output.
+    /// Backpressure: some client, or all of them together, hold too much output; or the
+    /// router is still indexing a heavy user's follows (nothing may be routed meanwhile).
     fn paused(&self) -> bool {
-        self.over_limit > 0 || self.pending_total > self.cfg.total_buffer_limit
+        self.over_limit > 0
+            || self.pending_total > self.cfg.total_buffer_limit
+            || self.router.indexing()
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
         if (self.work_left && !self.paused())
+            || self.router.indexing()
             || !self.unread.is_empty()
             || !self.dirty.is_empty()
             || (self.accepts_left.iter().any(|&more| more) && self.accept_paused_until.is_none())
