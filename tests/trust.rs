@@ -426,7 +426,11 @@ fn a_user_following_thousands_connects_and_resets_without_losing_a_status() {
         seq += 1;
         let status = format!("{seq}|S|100777");
         send_lines(&mut src, &[&status]);
-        assert_eq!(c.read_lines(1), [status.clone()], "round {round}");
+        assert_eq!(
+            c.read_lines(1),
+            std::slice::from_ref(&status),
+            "round {round}"
+        );
         assert_eq!(other.read_lines(1), [status]);
         reset(c.stream);
     }
