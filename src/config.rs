@@ -65,8 +65,8 @@ impl Default for Config {
 /// bound far inside what `Instant` can represent keeps every such sum valid.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// The largest `--max-window`: a ring of 2^21 slots is 64 MiB, filled in one loop turn when
-/// the window grows to it (about 60 ms here); a larger one would be a longer turn.
+/// The largest `--max-window`: a ring of 2^21 slots is 64 MiB, and growing to it copies up
+/// to a million waiting events in one loop turn; a larger one would be a longer turn.
 pub const MAX_WINDOW: u64 = 1 << 21;
 
 /// The smallest `--window-bytes`.

@@ -9,7 +9,10 @@
 //! 32 bytes; the rare non-canonical payload is kept by the caller (see [`Event::canonical`]).
 
 /// What an event does. `NoOp` holds the place of a malformed line with a valid seq.
+/// (`repr(u8)`, `Follow` = 0: an all-zero `Event` is a valid value, so the reorder window
+/// can take its ring zeroed from the allocator.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum Kind {
     Follow,
     Unfollow,

@@ -122,7 +122,7 @@ impl ReorderWindow {
         let max = max.min(ring_limit);
         let cap = ring_size(initial as u64).min(ring_size(max));
         ReorderWindow {
-            slots: vec![EMPTY; cap],
+            slots: empty_ring(cap).expect("a small first ring"),
             occupied: Occupancy::new(cap),
             last: 0,
             waiting: 0,
@@ -293,16 +293,14 @@ impl ReorderWindow {
     fn grow(&mut self, distance: u64) -> bool {
         let cap = ring_size(distance).min(ring_size(self.max));
         debug_assert!(cap as u64 >= distance);
-        let mut slots = Vec::new();
-        if slots.try_reserve_exact(cap).is_err() {
+        let Some(mut slots) = empty_ring(cap) else {
             self.max = self.slots.len() as u64;
             log::warn!(
                 "reorder window cannot grow to {cap} slots (out of memory): it holds at most {} events from now on",
                 self.max
             );
             return false;
-        }
-        slots.resize(cap, EMPTY);
+        };
         let mut occupied = Occupancy::new(cap);
         for ev in self.slots.iter().filter(|e| e.seq != 0) {
             let i = (ev.seq & (cap as u64 - 1)) as usize;
@@ -461,7 +459,7 @@ impl ReorderWindow {
     /// Back to seq 1 with the initial capacity: a new session.
     pub fn reset(&mut self) {
         if self.slots.len() > self.initial {
-            self.slots = vec![EMPTY; self.initial];
+            self.slots = empty_ring(self.initial).expect("a small first ring");
         } else {
             self.slots.fill(EMPTY);
         }
@@ -474,6 +472,28 @@ impl ReorderWindow {
         self.flushing = false;
         self.gap_through = 0;
         self.loss.reset();
+    }
+}
+
+/// `n` empty slots, zeroed by the allocator. A large ring then comes from fresh pages the
+/// kernel zeroes on first touch, so growing it costs the slots written, not a fill of the
+/// whole ring (a 32 MiB fill was a 10 ms turn per growth, repeatable by any source).
+/// `None` if the memory cannot be had.
+fn empty_ring(n: usize) -> Option<Vec<Event>> {
+    let layout = std::alloc::Layout::array::<Event>(n).ok()?;
+    if layout.size() == 0 {
+        return Some(Vec::new());
+    }
+    // SAFETY: the layout has a non-zero size. An all-zero `Event` is a valid value (seq 0,
+    // `Kind::Follow` = 0 under `repr(u8)`, from and to 0, canonical false) and an empty slot
+    // (seq 0). The allocation is the global allocator's, with exactly the size and
+    // alignment of `n` events, as `Vec::from_raw_parts` requires for length and capacity n.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout).cast::<Event>();
+        if ptr.is_null() {
+            return None;
+        }
+        Some(Vec::from_raw_parts(ptr, n, n))
     }
 }
 
@@ -986,6 +1006,20 @@ mod tests {
             drain(&mut w),
             (vec![], vec![]),
             "15 waits for its own timeout"
+        );
+    }
+
+    #[test]
+    fn a_zeroed_ring_is_empty_slots() {
+        let ring = empty_ring(1 << 16).unwrap();
+        assert_eq!(ring.len(), 1 << 16);
+        assert!(ring
+            .iter()
+            .all(|e| e.seq == 0 && e.kind == Kind::Follow && !e.canonical));
+        assert_eq!(
+            empty_ring(usize::MAX / 8),
+            None,
+            "too large: refused, not aborted"
         );
     }
 }
