@@ -219,6 +219,7 @@ impl ReorderWindow {
 
     /// Stores `ev`. `payload` (the line as read) is copied only when the event is not
     /// canonical.
+    #[inline(always)]
     pub fn insert(&mut self, ev: Event, payload: &[u8]) -> Insert {
         debug_assert!(ev.seq >= 1);
         if ev.seq <= self.last {
@@ -313,6 +314,7 @@ impl ReorderWindow {
     }
 
     /// The next event if it is here; else a skip if policy says so; else `None`.
+    #[inline(always)]
     pub fn pop(&mut self) -> Option<Pop> {
         if self.last == u64::MAX {
             debug_assert_eq!(self.waiting, 0, "nothing can wait beyond u64::MAX");
@@ -330,6 +332,21 @@ impl ReorderWindow {
             self.waiting -= 1;
             return Some(Pop::Event(ev));
         }
+        // The next seq is not here; usually nothing is to be skipped either.
+        if !self.flushing
+            && self.wanted.is_none()
+            && self.last >= self.gap_through
+            && !self.loss.lost(self.waiting)
+        {
+            return None;
+        }
+        self.pop_missing()
+    }
+
+    /// [`pop`](Self::pop) when the next seq is not here and a skip may be due.
+    #[cold]
+    #[inline(never)]
+    fn pop_missing(&mut self) -> Option<Pop> {
         let through = if self.flushing && self.waiting > 0 {
             u64::MAX
         } else if let Some((seq, cost)) = self.wanted {
