@@ -7,8 +7,16 @@
 #   scripts/bench.sh [WORKLOAD ...]     default: classic 10k-clients deep-disorder broadcast-heavy
 #   RUNS=3 scripts/bench.sh classic     medians of three runs
 #   scripts/bench.sh adversarial        work per input byte of each attack (below)
-#   SERVER_CMD='java -jar other.jar' scripts/bench.sh   any server of the protocol; it gets
-#                                       eventListenerPort / clientListenerPort in its env
+#   SERVERS='ours=./target/release/follower-maze
+#            other=java -jar other.jar' scripts/bench.sh classic
+#                                       several servers in one invocation, one NAME=COMMAND
+#                                       per line, each run against a fresh process of it;
+#                                       each gets eventListenerPort / clientListenerPort in
+#                                       its env (ours reads them). SERVER_CMD=COMMAND: one.
+#
+# The process measured is the one started: a port already taken is refused (exit 2), and a
+# server that exits, or does not listen on both ports within 10 s, or whose event port is
+# held by another process, fails the invocation instead of benchmarking something else.
 #
 # Workloads: classic (10M events, 100 clients, 1,000 users, batches of 100),
 # 10k-clients (2M events, 10,000 clients, 100,000 users), deep-disorder (2M events,
@@ -29,8 +37,9 @@ cargo build --release --quiet
 RUNS=${RUNS:-1}
 EPORT=${BENCH_EVENT_PORT:-19090}
 CPORT=${BENCH_CLIENT_PORT:-19099}
-OURS="./target/release/follower-maze --stats-interval-s 0 --event-port $EPORT --client-port $CPORT"
-SERVER_CMD=${SERVER_CMD:-$OURS}
+OURS="./target/release/follower-maze --stats-interval-s 0"
+SERVERS=${SERVERS:-${SERVER_CMD:+custom=$SERVER_CMD}}
+SERVERS=${SERVERS:-ours=$OURS}
 workloads=("$@")
 [ ${#workloads[@]} -gt 0 ] || workloads=(classic 10k-clients deep-disorder broadcast-heavy)
 
@@ -45,23 +54,47 @@ workload_env() {
   esac
 }
 
-wait_port() {
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Starts server command $1 (stderr to file $2) with the port variables in its environment
+# and sets $pid, once the process started is the one listening on both ports.
+start_server() {
+  for p in "$EPORT" "$CPORT"; do
+    if listening "$p"; then
+      echo "bench.sh: port $p is already taken: refusing to measure whatever holds it" >&2
+      exit 2
+    fi
+  done
+  eventListenerPort=$EPORT clientListenerPort=$CPORT bash -c "exec $1" 2>"$2" &
+  pid=$!
   for _ in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "bench.sh: the server exited before listening: $(tail -n 2 "$2")" >&2
+      exit 1
+    fi
+    if listening "$EPORT" && listening "$CPORT"; then
+      if command -v ss >/dev/null && ! ss -ltnpH "sport = :$EPORT" | grep -q "pid=$pid,"; then
+        echo "bench.sh: port $EPORT is not held by the server started (pid $pid)" >&2
+        kill "$pid"
+        exit 1
+      fi
+      return 0
+    fi
     sleep 0.05
   done
-  echo "server did not listen on $1" >&2
-  return 1
+  echo "bench.sh: the server did not listen on $EPORT and $CPORT within 10 s" >&2
+  kill "$pid"
+  exit 1
 }
 
 # Prints the value of KEY from a key=value summary line.
 field() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"; }
 
-row() { printf '%-16s %-6s %12s %14s %12s %14s %10s %s\n' "$@"; }
+row() { printf '%-12s %-16s %-6s %12s %14s %12s %14s %10s %s\n' "$@"; }
 
 ADV_ATTACKS=${ADV_ATTACKS:-far-ahead far-ahead-max follow-storm disconnect-storm zero-padded chatty}
 
-adv_row() { printf '%-17s %-4s %12s %13s %12s %16s %13s %13s %13s %s\n' "$@"; }
+adv_row() { printf '%-12s %-17s %-4s %12s %13s %12s %16s %13s %13s %13s %s\n' "$@"; }
 
 # Stops server $1 with SIGTERM and waits for it to exit (SIGKILL after 15 s).
 stop_server() {
@@ -83,20 +116,18 @@ adversarial() {
   [ "${1:-}" != smoke ] || sizes=$ADV_SMOKE
   # The disconnect storm holds thousands of connections on both sides.
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-  adv_row attack run input_bytes server_cpu_s ns_per_byte longest_turn_ms peak_rss_kib probe_p50_ms probe_max_ms result
+  adv_row server attack run input_bytes server_cpu_s ns_per_byte longest_turn_ms peak_rss_kib probe_p50_ms probe_max_ms result
   for a in $ADV_ATTACKS; do
     for run in $(seq 1 "$RUNS"); do
       log=$(mktemp)
-      eventListenerPort=$EPORT clientListenerPort=$CPORT bash -c "exec $SERVER_CMD" 2>"$log" &
-      pid=$!
-      wait_port "$EPORT" && wait_port "$CPORT"
+      start_server "$cmd" "$log"
       summary=$(env $sizes eventListenerPort=$EPORT clientListenerPort=$CPORT logLevel=${logLevel:-info} \
         timeout=${ADV_TIMEOUT_MS:-60000} ./target/release/maze-sim --scenario adversarial \
         --attack "$a" --server-pid "$pid" 2>"$log.sim" | tail -n 1) || true
       stop_server "$pid"
       turn=$(grep 'final stats:' "$log" | tail -n 1 | tr ' ' '\n' | sed -n 's/^longest_turn_us=//p')
       turn=$(awk -v t="$turn" 'BEGIN { if (t == "") print "-"; else printf "%.1f", t / 1000 }')
-      adv_row "$a" "$run" "$(field input_bytes "$summary")" "$(field server_cpu_s "$summary")" \
+      adv_row "$name" "$a" "$run" "$(field input_bytes "$summary")" "$(field server_cpu_s "$summary")" \
         "$(field server_ns_per_byte "$summary")" "$turn" "$(field server_peak_rss_kib "$summary")" \
         "$(field probe_p50_ms "$summary")" "$(field probe_max_ms "$summary")" "$(field result "$summary")"
       [ "$(field result "$summary")" = pass ] || { echo "--- maze-sim:"; tail -5 "$log.sim"; }
@@ -106,43 +137,49 @@ adversarial() {
   done
 }
 
-header=
-for w in "${workloads[@]}"; do
-  if [ "$w" = adversarial ] || [ "$w" = adversarial-smoke ]; then
-    adversarial "${w#adversarial-}"
-    header=
-    continue
-  fi
-  [ -n "$header" ] || { row workload run events/s notifications/s server_cpu_s server_rss_kib sim_cpu_s result; header=1; }
-  envs=$(workload_env "$w")
-  rows=()
-  for run in $(seq 1 "$RUNS"); do
-    log=$(mktemp)
-    eventListenerPort=$EPORT clientListenerPort=$CPORT bash -c "exec $SERVER_CMD" 2>"$log" &
-    pid=$!
-    wait_port "$EPORT" && wait_port "$CPORT"
-    level=warn; [ "$w" = soak ] && level=info # the soak's RSS samples are info lines
-    summary=$(env $envs eventListenerPort=$EPORT clientListenerPort=$CPORT logLevel=$level \
-      ./target/release/maze-sim --server-pid "$pid" 2>>"$log.sim" | tail -n 1) || true
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    elapsed=$(field elapsed_s "$summary")
-    notes=$(field notifications "$summary")
-    nps=$(awk -v n="$notes" -v t="$elapsed" 'BEGIN { if (t > 0) printf "%.0f", n / t; else print 0 }')
-    r=("$w" "$run" "$(field events_per_s "$summary")" "$nps" "$(field server_cpu_s "$summary")" \
-       "$(field server_peak_rss_kib "$summary")" "$(field sim_cpu_s "$summary")" "$(field result "$summary")")
-    row "${r[@]}"
-    rows+=("${r[*]}")
-    [ "$(field result "$summary")" = pass ] || { echo "--- maze-sim:"; tail -5 "$log.sim"; }
-    if [ "$w" = soak ]; then
-      # The samples maze-sim logged: t, RSS KiB, server CPU seconds so far.
-      echo "rss samples (t rss_kib cpu_s):"
-      sed -n 's/.*rss_sample t=\([0-9]*\)s rss_kib=\([0-9]*\) cpu_s=\([0-9.]*\).*/  \1 \2 \3/p' "$log.sim" | paste -sd ';'
+while IFS= read -r entry; do
+  [ -n "${entry// }" ] || continue
+  name=${entry%%=*}
+  cmd=${entry#*=}
+  header=
+  for w in "${workloads[@]}"; do
+    if [ "$w" = adversarial ] || [ "$w" = adversarial-smoke ]; then
+      adversarial "${w#adversarial-}"
+      header=
+      continue
     fi
-    rm -f "$log" "$log.sim"
+    [ -n "$header" ] || { row server workload run events/s notifications/s server_cpu_s server_rss_kib sim_cpu_s result; header=1; }
+    envs=$(workload_env "$w")
+    rows=()
+    for run in $(seq 1 "$RUNS"); do
+      log=$(mktemp)
+      start_server "$cmd" "$log"
+      level=warn; [ "$w" = soak ] && level=info # the soak's RSS samples are info lines
+      summary=$(env $envs eventListenerPort=$EPORT clientListenerPort=$CPORT logLevel=$level \
+        ./target/release/maze-sim --server-pid "$pid" 2>>"$log.sim" | tail -n 1) || true
+      kill "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+      elapsed=$(field elapsed_s "$summary")
+      notes=$(field notifications "$summary")
+      nps=$(awk -v n="$notes" -v t="$elapsed" 'BEGIN { if (t > 0) printf "%.0f", n / t; else print 0 }')
+      result=$(field result "$summary")
+      # A run whose server CPU could not be read measured nothing: not a pass.
+      [[ "$(field server_cpu_s "$summary")" =~ ^[0-9.]+$ ]] || result="fail(no-server-cpu)"
+      r=("$name" "$w" "$run" "$(field events_per_s "$summary")" "$nps" "$(field server_cpu_s "$summary")" \
+         "$(field server_peak_rss_kib "$summary")" "$(field sim_cpu_s "$summary")" "$result")
+      row "${r[@]}"
+      rows+=("${r[*]}")
+      [ "$result" = pass ] || { echo "--- maze-sim:"; tail -5 "$log.sim"; }
+      if [ "$w" = soak ]; then
+        # The samples maze-sim logged: t, RSS KiB, server CPU seconds so far.
+        echo "rss samples (t rss_kib cpu_s):"
+        sed -n 's/.*rss_sample t=\([0-9]*\)s rss_kib=\([0-9]*\) cpu_s=\([0-9.]*\).*/  \1 \2 \3/p' "$log.sim" | paste -sd ';'
+      fi
+      rm -f "$log" "$log.sim"
+    done
+    if [ "$RUNS" -gt 1 ]; then
+      med() { printf '%s\n' "${rows[@]}" | awk -v c="$1" '{print $c}' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+      row "$name" "$w" median "$(med 4)" "$(med 5)" "$(med 6)" "$(med 7)" "$(med 8)" "-"
+    fi
   done
-  if [ "$RUNS" -gt 1 ]; then
-    med() { printf '%s\n' "${rows[@]}" | awk -v c="$1" '{print $c}' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-    row "$w" median "$(med 3)" "$(med 4)" "$(med 5)" "$(med 6)" "$(med 7)" "-"
-  fi
-done
+done <<<"$SERVERS"
