@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Benchmarks a follower-maze server on named workloads with maze-sim and prints one table
 # row per run: events/s, notifications/s, server CPU seconds (user+sys), server peak RSS
-# (VmHWM), maze-sim's own CPU, and whether verification passed; with RUNS>1 also a median
-# row per workload.
+# (VmHWM), maze-sim's own CPU, delivery latency p50/p99/p99.9/max in microseconds (source
+# write of the batch to the verifier's read), and whether verification passed; with RUNS>1
+# also a median row per workload. eventsPerSecond=N paces the source (latency at equal
+# load: at full speed it is mostly queueing); totalEvents=N overrides the workload's count
+# (eventsPerSecond=20000 totalEvents=200000 scripts/bench.sh classic: 10 s).
 #
 #   scripts/bench.sh [WORKLOAD ...]     default: classic 10k-clients deep-disorder broadcast-heavy
 #   RUNS=3 scripts/bench.sh classic     medians of three runs
@@ -90,7 +93,7 @@ start_server() {
 # Prints the value of KEY from a key=value summary line.
 field() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"; }
 
-row() { printf '%-12s %-16s %-6s %12s %14s %12s %14s %10s %s\n' "$@"; }
+row() { printf '%-12s %-16s %-6s %12s %14s %12s %14s %10s %9s %9s %9s %9s %s\n' "$@"; }
 
 ADV_ATTACKS=${ADV_ATTACKS:-far-ahead far-ahead-max follow-storm disconnect-storm zero-padded chatty}
 
@@ -148,14 +151,15 @@ while IFS= read -r entry; do
       header=
       continue
     fi
-    [ -n "$header" ] || { row server workload run events/s notifications/s server_cpu_s server_rss_kib sim_cpu_s result; header=1; }
+    [ -n "$header" ] || { row server workload run events/s notifications/s server_cpu_s server_rss_kib sim_cpu_s p50_us p99_us p999_us max_us result; header=1; }
     envs=$(workload_env "$w")
     rows=()
     for run in $(seq 1 "$RUNS"); do
       log=$(mktemp)
       start_server "$cmd" "$log"
       level=warn; [ "$w" = soak ] && level=info # the soak's RSS samples are info lines
-      summary=$(env $envs eventListenerPort=$EPORT clientListenerPort=$CPORT logLevel=$level \
+      summary=$(env $envs ${eventsPerSecond:+eventsPerSecond=$eventsPerSecond} \
+        ${totalEvents:+totalEvents=$totalEvents} eventListenerPort=$EPORT clientListenerPort=$CPORT logLevel=$level \
         ./target/release/maze-sim --server-pid "$pid" 2>>"$log.sim" | tail -n 1) || true
       kill "$pid" 2>/dev/null || true
       wait "$pid" 2>/dev/null || true
@@ -166,7 +170,9 @@ while IFS= read -r entry; do
       # A run whose server CPU could not be read measured nothing: not a pass.
       [[ "$(field server_cpu_s "$summary")" =~ ^[0-9.]+$ ]] || result="fail(no-server-cpu)"
       r=("$name" "$w" "$run" "$(field events_per_s "$summary")" "$nps" "$(field server_cpu_s "$summary")" \
-         "$(field server_peak_rss_kib "$summary")" "$(field sim_cpu_s "$summary")" "$result")
+         "$(field server_peak_rss_kib "$summary")" "$(field sim_cpu_s "$summary")" \
+         "$(field latency_p50_us "$summary")" "$(field latency_p99_us "$summary")" \
+         "$(field latency_p999_us "$summary")" "$(field latency_max_us "$summary")" "$result")
       row "${r[@]}"
       rows+=("${r[*]}")
       [ "$result" = pass ] || { echo "--- maze-sim:"; tail -5 "$log.sim"; }
@@ -179,7 +185,8 @@ while IFS= read -r entry; do
     done
     if [ "$RUNS" -gt 1 ]; then
       med() { printf '%s\n' "${rows[@]}" | awk -v c="$1" '{print $c}' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-      row "$name" "$w" median "$(med 4)" "$(med 5)" "$(med 6)" "$(med 7)" "$(med 8)" "-"
+      row "$name" "$w" median "$(med 4)" "$(med 5)" "$(med 6)" "$(med 7)" "$(med 8)" \
+        "$(med 9)" "$(med 10)" "$(med 11)" "$(med 12)" "-"
     fi
   done
 done <<<"$SERVERS"

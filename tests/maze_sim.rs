@@ -49,6 +49,10 @@ fn passes(server_args: &[&str], scenario: &str, env: &[(&str, &str)]) -> (String
     );
     assert_eq!(field(&summary, "result"), "pass");
     assert_eq!(field(&summary, "scenario"), scenario);
+    let us = |k: &str| field(&summary, k).parse::<u64>().unwrap();
+    assert!(us("latency_p50_us") >= 1, "{summary}");
+    assert!(us("latency_p50_us") <= us("latency_p99_us"), "{summary}");
+    assert!(us("latency_p99_us") <= us("latency_max_us"), "{summary}");
     assert!(
         field(&summary, "notifications").parse::<u64>().unwrap() > 0,
         "{summary}"

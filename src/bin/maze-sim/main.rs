@@ -7,6 +7,7 @@
 
 mod adversarial;
 mod gen;
+mod latency;
 mod model;
 mod source;
 mod verify;
@@ -213,16 +214,16 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let outcome = run(&s);
     let elapsed = started.elapsed().as_secs_f64();
-    let (result, tally, events) = match &outcome {
-        Ok((t, e)) => {
+    let (result, tally, events, latency) = match &outcome {
+        Ok((t, e, l)) => {
             log::info!("==================================");
             log::info!("\\o/ ALL NOTIFICATIONS RECEIVED \\o/");
             log::info!("==================================");
-            ("pass", *t, *e)
+            ("pass", *t, *e, l.as_str())
         }
         Err((why, t, e)) => {
             log::error!("FAILED: {why}");
-            ("fail", *t, *e)
+            ("fail", *t, *e, "")
         }
     };
     let mut summary = format!(
@@ -232,6 +233,10 @@ fn main() -> ExitCode {
         events as f64 / elapsed.max(1e-9),
         proc_cpu_s("self").unwrap_or(0.0),
     );
+    if !latency.is_empty() {
+        summary += " ";
+        summary += latency;
+    }
     if let Some(pid) = s.server_pid {
         summary += &format!(
             " server_cpu_s={:.2} server_peak_rss_kib={}",
@@ -247,7 +252,8 @@ fn main() -> ExitCode {
     }
 }
 
-type Outcome = Result<(verify::Tally, u64), (String, verify::Tally, u64)>;
+/// The tally, events sent, and the latency summary (`latency_p50_us=…`).
+type Outcome = Result<(verify::Tally, u64, String), (String, verify::Tally, u64)>;
 
 fn run(s: &Settings) -> Outcome {
     let zero = verify::Tally::default();
@@ -347,7 +353,9 @@ fn run(s: &Settings) -> Outcome {
             events_per_second: s.events_per_second,
         };
         let (close_tx, close_rx) = std::sync::mpsc::channel();
-        let sender = source::spawn(gen_cfg, send, close_rx);
+        let stamps = latency::Stamps::default();
+        verifier.latency.restart(stamps.clone());
+        let sender = source::spawn(gen_cfg, send, stamps, close_rx);
         let mut churn_rng = Rng::new(s.seed ^ 0xc4);
         let result = verifier.run(&mut model, s.grace, |v| {
             // Churn: now and then one churner leaves, or comes back.
@@ -400,7 +408,8 @@ fn run(s: &Settings) -> Outcome {
     if let Some(stop) = soak {
         let _ = stop.send(());
     }
-    Ok((verifier.tally, total_events))
+    let latency = latency::summary(&verifier.latency.all, "latency_");
+    Ok((verifier.tally, total_events, latency))
 }
 
 fn gen_config(s: &Settings, session: u64, hot_user: u64) -> GenConfig {

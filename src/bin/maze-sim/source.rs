@@ -3,6 +3,7 @@
 //! written), with the scenario's extras (junk lines, tiny writes).
 
 use crate::gen::{Gen, GenConfig, Rng};
+use crate::latency::Stamps;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc::Receiver;
@@ -29,12 +30,13 @@ pub struct SendConfig {
 pub fn spawn(
     gen: GenConfig,
     send: SendConfig,
+    stamps: Stamps,
     close: Receiver<()>,
 ) -> JoinHandle<io::Result<(u64, u64)>> {
     std::thread::spawn(move || {
         let mut stream = TcpStream::connect(send.addr)?;
         stream.set_nodelay(true)?;
-        let sent = stream_events(&mut stream, gen, &send)?;
+        let sent = stream_events(&mut stream, gen, &send, &stamps)?;
         let _ = close.recv();
         Ok(sent)
     })
@@ -44,6 +46,7 @@ fn stream_events(
     stream: &mut TcpStream,
     gen: GenConfig,
     send: &SendConfig,
+    stamps: &Stamps,
 ) -> io::Result<(u64, u64)> {
     let mut rng = Rng::new(send.seed ^ 0x5eed);
     let mut events = Gen::new(gen).filter(|e| !e.omitted);
@@ -63,6 +66,7 @@ fn stream_events(
         if batch.is_empty() {
             return Ok((count, total));
         }
+        let highest = batch.iter().map(|e| e.seq).max().unwrap_or(0);
         rng.shuffle(&mut batch);
         for e in &batch {
             e.write(&mut bytes);
@@ -76,6 +80,7 @@ fn stream_events(
             }
         }
         total += flush(stream, &mut bytes, send.fragment, &mut rng)?;
+        stamps.sent(highest, std::time::Instant::now());
     }
 }
 

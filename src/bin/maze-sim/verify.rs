@@ -10,6 +10,7 @@
 //! A failure names the connection, its user, the position, and expected vs. got.
 
 use crate::gen::Ev;
+use crate::latency::{self, Latency};
 use crate::model::Model;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -57,6 +58,8 @@ pub struct Verifier {
     exact_waiting: usize,
     /// The clock, read once per poll round or read call, not per event.
     now: Instant,
+    /// Delivery latency of every line verified.
+    pub latency: Latency,
 }
 
 /// Why a run failed.
@@ -75,6 +78,7 @@ impl Verifier {
             log_interval,
             exact_waiting: 0,
             now: Instant::now(),
+            latency: Latency::new(),
         })
     }
 
@@ -153,14 +157,17 @@ impl Verifier {
                 }
             }
             self.check_timeouts(now)?;
+            self.latency.prune(now, self.timeout);
             if now >= next_log {
                 let n = self.tally.notifications;
                 log::info!(
-                    "{} notifications verified ({:.0}/s), model at seq {}",
+                    "{} notifications verified ({:.0}/s), model at seq {}, latency {}",
                     n,
                     (n - last_count) as f64 / self.log_interval.as_secs_f64(),
-                    model.last_seq
+                    model.last_seq,
+                    latency::summary(&self.latency.interval, "")
                 );
+                self.latency.interval.reset();
                 last_count = n;
                 next_log = now + self.log_interval;
             }
@@ -232,6 +239,7 @@ impl Verifier {
             };
             self.tally.bytes += n as u64;
             self.now = Instant::now();
+            self.latency.sync();
             self.conns[i].since = self.now;
             let mut chunk = &scratch[..n];
             // A line cut by the previous read: complete it first.
@@ -255,6 +263,7 @@ impl Verifier {
                 self.check(i, &chunk[..=k], model)?;
                 chunk = &chunk[k + 1..];
             }
+            self.latency.record(self.now);
             self.conns[i].partial.extend_from_slice(chunk);
         }
     }
@@ -304,7 +313,9 @@ impl Verifier {
         };
         self.expected_line.clear();
         want.write(&mut self.expected_line);
-        if line != self.expected_line.as_slice() {
+        if line == self.expected_line.as_slice() {
+            self.latency.line(want.seq, self.now);
+        } else {
             let msg = format!(
                 "expected {:?}, got {:?}",
                 String::from_utf8_lossy(&self.expected_line),
