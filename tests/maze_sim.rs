@@ -245,3 +245,24 @@ fn adversarial_attacks_at_a_small_size() {
         );
     }
 }
+
+/// Issue 11's no-false-skip cases: disorder that grows within a session (batches of up to
+/// 100, then of up to 10,000), and a source that stops mid-batch for a second. Nothing may
+/// be skipped: every client gets its whole stream, and the server counts no skip.
+#[test]
+fn growing_disorder_and_a_paused_source_lose_nothing() {
+    for (scenario, total) in [("growing-disorder", "200000"), ("paused-source", "60000")] {
+        let (_, _, server) = passes(
+            &[],
+            scenario,
+            &[("totalEvents", total), ("concurrencyLevel", "20")],
+        );
+        let (_, log) = server.terminate();
+        assert_eq!(
+            common::final_counter(&log, "skipped"),
+            0,
+            "{scenario}: {log}"
+        );
+        assert_eq!(common::final_counter(&log, "false_skips"), 0, "{scenario}");
+    }
+}

@@ -28,6 +28,8 @@ enum Scenario {
     Junk,
     Fragmented,
     DeepDisorder,
+    GrowingDisorder,
+    PausedSource,
     Gaps,
     NeverReads,
     MultiConn,
@@ -38,11 +40,13 @@ enum Scenario {
     Adversarial,
 }
 
-const SCENARIOS: [(&str, Scenario); 12] = [
+const SCENARIOS: [(&str, Scenario); 14] = [
     ("standard", Scenario::Standard),
     ("junk", Scenario::Junk),
     ("fragmented", Scenario::Fragmented),
     ("deep-disorder", Scenario::DeepDisorder),
+    ("growing-disorder", Scenario::GrowingDisorder),
+    ("paused-source", Scenario::PausedSource),
     ("gaps", Scenario::Gaps),
     ("never-reads", Scenario::NeverReads),
     ("multi-conn", Scenario::MultiConn),
@@ -85,8 +89,8 @@ maxEventSourceBatchSize 100, logInterval 1000 (ms), logLevel info; also host 127
 graceMs 300, broadcastPermille 5, eventsPerSecond 0 (paced: batches sent at that rate;
 0 = as fast as possible), scenario standard.
 
-Scenarios: standard junk fragmented deep-disorder gaps never-reads multi-conn misbehaving
-churn two-sessions soak adversarial";
+Scenarios: standard junk fragmented deep-disorder growing-disorder paused-source gaps
+never-reads multi-conn misbehaving churn two-sessions soak adversarial";
 
 fn settings() -> Result<Settings, String> {
     let mut vars: Vec<(String, String)> = std::env::vars().collect();
@@ -351,6 +355,10 @@ fn run(s: &Settings) -> Outcome {
             fragment: s.scenario == Scenario::Fragmented,
             seed: s.seed.wrapping_add(session),
             events_per_second: s.events_per_second,
+            // Disorder that grows: batches up to 100 for the first half, then up to 100x.
+            grow_at: (s.scenario == Scenario::GrowingDisorder).then_some(s.total / 2),
+            // A source that stops mid-batch for a second, half-way through.
+            pause_at: (s.scenario == Scenario::PausedSource).then_some(s.total / 2),
         };
         let (close_tx, close_rx) = std::sync::mpsc::channel();
         let stamps = latency::Stamps::default();

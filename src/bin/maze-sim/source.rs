@@ -22,6 +22,10 @@ pub struct SendConfig {
     /// Paced: each batch is sent when the events before it are due at this rate
     /// (0: as fast as possible).
     pub events_per_second: u64,
+    /// From this many events on, batches are up to 100 times larger.
+    pub grow_at: Option<u64>,
+    /// After this many events, in the middle of a batch, the source stops for a second.
+    pub pause_at: Option<u64>,
 }
 
 /// Connects, sends every event, then holds the connection open until `close` fires (a
@@ -61,7 +65,11 @@ fn stream_events(
             std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
         }
         batch.clear();
-        let size = 1 + rng.below(send.max_batch.max(1) as u64) as usize;
+        let max = match send.grow_at {
+            Some(at) if count >= at => send.max_batch * 100,
+            _ => send.max_batch,
+        };
+        let size = 1 + rng.below(max.max(1) as u64) as usize;
         batch.extend(events.by_ref().take(size));
         if batch.is_empty() {
             return Ok((count, total));
@@ -69,6 +77,11 @@ fn stream_events(
         let highest = batch.iter().map(|e| e.seq).max().unwrap_or(0);
         rng.shuffle(&mut batch);
         for e in &batch {
+            if send.pause_at == Some(count) {
+                // Whatever of this batch is written goes out; the rest after a second.
+                total += flush(stream, &mut bytes, send.fragment, &mut rng)?;
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
             e.write(&mut bytes);
             count += 1;
             if send.junk_every > 0 && rng.below(send.junk_every) == 0 {
