@@ -21,7 +21,10 @@
 # server that exits, or does not listen on both ports within 10 s, or whose event port is
 # held by another process, fails the invocation instead of benchmarking something else.
 #
-# Workloads: classic (10M events, 100 clients, 1,000 users, batches of 100),
+# Workloads: floor (the classic 10M events through floor-relay, which hands each line to one
+# client round-robin: no parsing, ordering or routing; run once, whatever SERVERS says; with
+# classic in the same invocation each server's classic CPU is also shown as a multiple of
+# it), classic (10M events, 100 clients, 1,000 users, batches of 100),
 # 10k-clients (2M events, 10,000 clients, 100,000 users), deep-disorder (2M events,
 # batches of 200,000), broadcast-heavy (2M events, 5% broadcasts), soak (100M events,
 # server RSS sampled every second). Each run gets a fresh server.
@@ -53,6 +56,7 @@ workload_env() {
     deep-disorder) echo "scenario=deep-disorder totalEvents=2000000 maxEventSourceBatchSize=200000" ;;
     broadcast-heavy) echo "totalEvents=2000000 broadcastPermille=50" ;;
     soak) echo "scenario=soak totalEvents=100000000" ;;
+    floor) echo "scenario=floor totalEvents=10000000 concurrencyLevel=100 numberOfUsers=1000" ;;
     *) echo "unknown workload: $1" >&2; exit 2 ;;
   esac
 }
@@ -92,6 +96,8 @@ start_server() {
 
 # Prints the value of KEY from a key=value summary line.
 field() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"; }
+# The same, or "-" when the line has no such key (a table cell is never empty).
+cell() { local v; v=$(field "$1" "$2"); echo "${v:--}"; }
 
 row() { printf '%-12s %-16s %-6s %12s %14s %12s %14s %10s %9s %9s %9s %9s %s\n' "$@"; }
 
@@ -140,12 +146,21 @@ adversarial() {
   done
 }
 
+declare -A cpu_of=()
+floor_done=
 while IFS= read -r entry; do
   [ -n "${entry// }" ] || continue
   name=${entry%%=*}
   cmd=${entry#*=}
   header=
   for w in "${workloads[@]}"; do
+    # The floor is the relay's, not a server's: measured once per invocation.
+    if [ "$w" = floor ]; then
+      [ -z "$floor_done" ] || continue
+      floor_done=1
+    fi
+    server_name=$name server_cmd=$cmd
+    [ "$w" != floor ] || { server_name=floor server_cmd=./target/release/floor-relay; }
     if [ "$w" = adversarial ] || [ "$w" = adversarial-smoke ]; then
       adversarial "${w#adversarial-}"
       header=
@@ -156,7 +171,7 @@ while IFS= read -r entry; do
     rows=()
     for run in $(seq 1 "$RUNS"); do
       log=$(mktemp)
-      start_server "$cmd" "$log"
+      start_server "$server_cmd" "$log"
       level=warn; [ "$w" = soak ] && level=info # the soak's RSS samples are info lines
       summary=$(env $envs ${eventsPerSecond:+eventsPerSecond=$eventsPerSecond} \
         ${totalEvents:+totalEvents=$totalEvents} eventListenerPort=$EPORT clientListenerPort=$CPORT logLevel=$level \
@@ -169,10 +184,10 @@ while IFS= read -r entry; do
       result=$(field result "$summary")
       # A run whose server CPU could not be read measured nothing: not a pass.
       [[ "$(field server_cpu_s "$summary")" =~ ^[0-9.]+$ ]] || result="fail(no-server-cpu)"
-      r=("$name" "$w" "$run" "$(field events_per_s "$summary")" "$nps" "$(field server_cpu_s "$summary")" \
+      r=("$server_name" "$w" "$run" "$(field events_per_s "$summary")" "$nps" "$(field server_cpu_s "$summary")" \
          "$(field server_peak_rss_kib "$summary")" "$(field sim_cpu_s "$summary")" \
-         "$(field latency_p50_us "$summary")" "$(field latency_p99_us "$summary")" \
-         "$(field latency_p999_us "$summary")" "$(field latency_max_us "$summary")" "$result")
+         "$(cell latency_p50_us "$summary")" "$(cell latency_p99_us "$summary")" \
+         "$(cell latency_p999_us "$summary")" "$(cell latency_max_us "$summary")" "$result")
       row "${r[@]}"
       rows+=("${r[*]}")
       [ "$result" = pass ] || { echo "--- maze-sim:"; tail -5 "$log.sim"; }
@@ -183,10 +198,19 @@ while IFS= read -r entry; do
       fi
       rm -f "$log" "$log.sim"
     done
+    med() { printf '%s\n' "${rows[@]}" | awk -v c="$1" '{print $c}' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
     if [ "$RUNS" -gt 1 ]; then
-      med() { printf '%s\n' "${rows[@]}" | awk -v c="$1" '{print $c}' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-      row "$name" "$w" median "$(med 4)" "$(med 5)" "$(med 6)" "$(med 7)" "$(med 8)" \
+      row "$server_name" "$w" median "$(med 4)" "$(med 5)" "$(med 6)" "$(med 7)" "$(med 8)" \
         "$(med 9)" "$(med 10)" "$(med 11)" "$(med 12)" "-"
     fi
+    cpu_of["$server_name/$w"]=$(med 6)
   done
 done <<<"$SERVERS"
+# Each server's classic CPU as a multiple of the floor's, when both were measured.
+if [ -n "${cpu_of[floor/floor]:-}" ]; then
+  for key in "${!cpu_of[@]}"; do
+    [ "${key#*/}" = classic ] || continue
+    awk -v n="${key%%/*}" -v c="${cpu_of[$key]}" -v f="${cpu_of[floor/floor]}" \
+      'BEGIN { if (f > 0) printf "%s: classic server CPU %.2f s = %.2fx the floor (%.2f s)\n", n, c, c / f, f }'
+  done
+fi

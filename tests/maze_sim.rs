@@ -266,3 +266,58 @@ fn growing_disorder_and_a_paused_source_lose_nothing() {
         assert_eq!(common::final_counter(&log, "false_skips"), 0, "{scenario}");
     }
 }
+
+/// The floor workload's relay and scenario: every line of the stream reaches some client,
+/// and the relay's CPU is measured (bench.sh's `floor`).
+#[test]
+fn the_floor_relay_hands_every_line_to_a_client() {
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (ep, cp) = (free(), free());
+    let mut relay = Command::new(env!("CARGO_BIN_EXE_floor-relay"))
+        .env("eventListenerPort", ep.to_string())
+        .env("clientListenerPort", cp.to_string())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", ep)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_maze-sim"))
+        .args([
+            "--scenario",
+            "floor",
+            "--server-pid",
+            &relay.id().to_string(),
+        ])
+        .env("eventListenerPort", ep.to_string())
+        .env("clientListenerPort", cp.to_string())
+        .env("totalEvents", "100000")
+        .env("concurrencyLevel", "20")
+        .env("timeout", "10000")
+        .output()
+        .unwrap();
+    let _ = relay.kill();
+    let _ = relay.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout.lines().last().unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{summary}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(field(summary, "notifications"), "100000");
+    assert!(
+        field(summary, "server_cpu_s").parse::<f64>().is_ok(),
+        "{summary}"
+    );
+}

@@ -6,6 +6,7 @@
 //! banner on success, a precise reason on failure, and always a `key=value` summary last.
 
 mod adversarial;
+mod floor;
 mod gen;
 mod latency;
 mod model;
@@ -38,9 +39,10 @@ enum Scenario {
     TwoSessions,
     Soak,
     Adversarial,
+    Floor,
 }
 
-const SCENARIOS: [(&str, Scenario); 14] = [
+const SCENARIOS: [(&str, Scenario); 15] = [
     ("standard", Scenario::Standard),
     ("junk", Scenario::Junk),
     ("fragmented", Scenario::Fragmented),
@@ -55,6 +57,7 @@ const SCENARIOS: [(&str, Scenario); 14] = [
     ("two-sessions", Scenario::TwoSessions),
     ("soak", Scenario::Soak),
     ("adversarial", Scenario::Adversarial),
+    ("floor", Scenario::Floor),
 ];
 
 #[derive(Clone, Debug)]
@@ -90,7 +93,7 @@ graceMs 300, broadcastPermille 5, eventsPerSecond 0 (paced: batches sent at that
 0 = as fast as possible), scenario standard.
 
 Scenarios: standard junk fragmented deep-disorder growing-disorder paused-source gaps
-never-reads multi-conn misbehaving churn two-sessions soak adversarial";
+never-reads multi-conn misbehaving churn two-sessions soak adversarial floor";
 
 fn settings() -> Result<Settings, String> {
     let mut vars: Vec<(String, String)> = std::env::vars().collect();
@@ -198,6 +201,9 @@ fn main() -> ExitCode {
         .init();
     if let Some(adv) = &s.adversarial {
         return adversarial::main(&s, adv);
+    }
+    if s.scenario == Scenario::Floor {
+        return floor::main(&s);
     }
     let name = SCENARIOS
         .iter()
