@@ -198,13 +198,7 @@ pub fn main(s: &crate::Settings, cfg: &Config) -> std::process::ExitCode {
     // chatter left in its sockets) is part of the attack: wait until its CPU stands still.
     let cpu1 = s.server_pid.and_then(|pid| settle(pid, s.timeout));
     let elapsed = started.elapsed().as_secs_f64();
-    let result = match &outcome {
-        Ok(()) => "pass",
-        Err(why) => {
-            log::error!("FAILED: {why}");
-            "fail"
-        }
-    };
+    let result = crate::verdict(&outcome);
     let input = ctx.input.load(Ordering::Relaxed);
     let mut summary = format!(
         "result={result} scenario=adversarial attack={name} events={} notifications={} input_bytes={input} attack_s={attack_s:.3} elapsed_s={elapsed:.3} sim_cpu_s={:.2} {} probe_failures={}{}",

@@ -4,8 +4,7 @@
 //! relay's CPU is the floor every server of this protocol is measured against.
 
 use crate::gen::{GenConfig, Rng};
-use crate::{latency, pick_users, proc_cpu_s, source, Settings};
-use follower_maze::procfs;
+use crate::{latency, pick_users, proc_cpu_s, report, source, verdict, Settings};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use std::io::{Read, Write};
@@ -19,32 +18,14 @@ pub fn main(s: &Settings) -> ExitCode {
         Err((lines, bytes, why)) => (lines, bytes, Err(why)),
     };
     let elapsed = started.elapsed().as_secs_f64();
-    let result = match &outcome {
-        Ok(()) => "pass",
-        Err(why) => {
-            log::error!("FAILED: {why}");
-            "fail"
-        }
-    };
-    let mut summary = format!(
+    let result = verdict(&outcome);
+    let summary = format!(
         "result={result} scenario=floor events={} notifications={lines} bytes={bytes} elapsed_s={elapsed:.3} events_per_s={:.0} sim_cpu_s={:.2}",
         s.total,
         s.total as f64 / elapsed.max(1e-9),
         proc_cpu_s("self").unwrap_or(0.0),
     );
-    if let Some(pid) = s.server_pid {
-        summary += &format!(
-            " server_cpu_s={:.2} server_peak_rss_kib={}",
-            proc_cpu_s(pid).unwrap_or(f64::NAN),
-            procfs::status_kib(pid, "VmHWM:").unwrap_or(0)
-        );
-    }
-    println!("{summary}");
-    if outcome.is_ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    report(summary, s.server_pid, outcome.is_ok())
 }
 
 type Counted = Result<(u64, u64), (u64, u64, String)>;

@@ -247,7 +247,24 @@ fn main() -> ExitCode {
         summary += " ";
         summary += latency;
     }
-    if let Some(pid) = s.server_pid {
+    report(summary, s.server_pid, outcome.is_ok())
+}
+
+/// "pass", or "fail" with the reason logged.
+fn verdict<T>(outcome: &Result<T, String>) -> &'static str {
+    match outcome {
+        Ok(_) => "pass",
+        Err(why) => {
+            log::error!("FAILED: {why}");
+            "fail"
+        }
+    }
+}
+
+/// Prints the summary line, with the server's CPU and peak RSS when its pid is known, and
+/// returns the exit code.
+fn report(mut summary: String, server_pid: Option<u32>, passed: bool) -> ExitCode {
+    if let Some(pid) = server_pid {
         summary += &format!(
             " server_cpu_s={:.2} server_peak_rss_kib={}",
             proc_cpu_s(pid).unwrap_or(f64::NAN),
@@ -255,7 +272,7 @@ fn main() -> ExitCode {
         );
     }
     println!("{summary}");
-    if outcome.is_ok() {
+    if passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
