@@ -284,11 +284,6 @@ impl Server {
         ))
     }
 
-    /// The bound metrics address, if `--metrics-addr` was given.
-    pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener.as_ref()?.local_addr().ok()
-    }
-
     /// Serves until a signal asks to stop (then drains and returns `Ok`), or the poll or a
     /// listener fails.
     pub fn run(&mut self) -> io::Result<()> {
