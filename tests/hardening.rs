@@ -440,13 +440,9 @@ fn an_event_beyond_max_window_skips_the_oldest_missing_seqs() {
 
 #[test]
 fn sigint_stops_it_like_sigterm() {
-    let mut s = Server::start(&[]);
-    unsafe {
-        libc::kill(s.child.id() as i32, libc::SIGINT);
-    }
-    let status = common::wait_exit(&mut s.child, common::TIMEOUT).expect("exits on SIGINT");
+    let (status, log) = Server::start(&[]).stop_with(libc::SIGINT);
     assert_eq!(status.code(), Some(0));
-    s.wait_log("final stats:");
+    assert!(log.contains("final stats:"), "{log}");
 }
 
 #[test]

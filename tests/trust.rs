@@ -138,17 +138,14 @@ fn a_client_that_half_closes_after_its_id_still_gets_its_notifications() {
 /// Defect 8: SIGHUP stops the server gracefully, like SIGTERM.
 #[test]
 fn sighup_stops_it_like_sigterm() {
-    let mut s = Server::start(&[]);
+    let s = Server::start(&[]);
     let mut c = clients(&s, &[1]).remove(0);
     let mut src = s.source();
     send_lines(&mut src, &["1|B"]);
     assert_eq!(c.read_lines(1), ["1|B"]);
-    unsafe {
-        libc::kill(s.child.id() as i32, libc::SIGHUP);
-    }
-    let status = common::wait_exit(&mut s.child, common::TIMEOUT).expect("exits on SIGHUP");
+    let (status, log) = s.stop_with(libc::SIGHUP);
     assert_eq!(status.code(), Some(0));
-    s.wait_log("final stats:");
+    assert!(log.contains("final stats:"), "{log}");
 }
 
 /// Defect 9: connections that never identify cannot lock real clients out.

@@ -106,12 +106,17 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits for the exit status.
-    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+    pub fn terminate(self) -> (std::process::ExitStatus, String) {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Sends `signal` and waits for the exit status; returns it with the whole log.
+    pub fn stop_with(mut self, signal: libc::c_int) -> (std::process::ExitStatus, String) {
         unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
+            libc::kill(self.child.id() as i32, signal);
         }
-        let status =
-            wait_exit(&mut self.child, TIMEOUT).expect("server did not exit after SIGTERM");
+        let status = wait_exit(&mut self.child, TIMEOUT)
+            .unwrap_or_else(|| panic!("server did not exit after signal {signal}"));
         std::thread::sleep(Duration::from_millis(50)); // let the log reader catch up
         (status, self.log())
     }
