@@ -343,6 +343,11 @@ impl Server {
         }
     }
 
+    /// Some connection has a deadline the 50 ms tick checks: an id, a stall, a scrape.
+    fn deadlines_pending(&self) -> bool {
+        self.pending_ids > 0 || self.with_output > 0 || self.scrapers > 0
+    }
+
     /// The live connection `r` names, if it is still there and not closing.
     fn live(&mut self, r: ConnRef) -> Option<&mut Conn> {
         self.conns
@@ -381,9 +386,7 @@ impl Server {
             Some(t) if !self.paused() && self.window.waiting() > 0 => Some(self.gap_since + t),
             _ => None,
         };
-        let tick =
-            (self.pending_ids > 0 || self.with_output > 0 || self.scrapers > 0 || self.trim_wanted)
-                .then_some(self.next_tick);
+        let tick = (self.deadlines_pending() || self.trim_wanted).then_some(self.next_tick);
         [gap, tick, self.next_stats, self.accept_paused_until]
             .into_iter()
             .flatten()

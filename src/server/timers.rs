@@ -28,7 +28,7 @@ impl Server {
         }
         if now >= self.next_tick {
             self.next_tick = now + TICK;
-            if self.pending_ids > 0 || self.with_output > 0 || self.scrapers > 0 {
+            if self.deadlines_pending() {
                 self.check_timeouts(now);
             }
             if self.trim_wanted
