@@ -332,7 +332,9 @@ impl ReorderWindow {
             self.waiting -= 1;
             return Some(Pop::Event(ev));
         }
-        // The next seq is not here; usually nothing is to be skipped either.
+        // The next seq is not here; usually nothing is to be skipped either. (These are the
+        // conditions `pop_missing` skips on, tested first here without a call: keep them in
+        // step.)
         if !self.flushing
             && self.wanted.is_none()
             && self.last >= self.gap_through
