@@ -13,7 +13,7 @@
 //! here) stays flat however long the run.
 
 // hashbrown's default hasher: SipHash here cost more than everything else together.
-use hashbrown::HashMap;
+use hashbrown::HashSet;
 
 /// The generator's random numbers (shared with the tests).
 pub use follower_maze::rng::Rng;
@@ -47,6 +47,16 @@ impl Ev {
 
     /// The payload line plus `\r\n`, appended to `out`.
     pub fn write(&self, out: &mut Vec<u8>) {
+        let mut line = [0u8; MAX_LINE];
+        let start = self.render(&mut line);
+        out.extend_from_slice(&line[start..]);
+    }
+
+    /// Renders the payload line plus `\r\n` as the tail of `line`, from the end back, so
+    /// every number's digits land in place; returns where the line starts. The source
+    /// and the verifier render every line, and pushing piece by piece onto a `Vec` cost
+    /// three times as much.
+    pub fn render(&self, line: &mut [u8; MAX_LINE]) -> usize {
         let (tag, ids): (&[u8], usize) = match self.kind {
             Kind::Follow => (b"|F", 2),
             Kind::Unfollow => (b"|U", 2),
@@ -61,25 +71,59 @@ impl Ev {
                 _ => (b"|P|x", 2),
             },
         };
-        decimal(out, self.seq);
-        out.extend_from_slice(tag);
+        let mut i = MAX_LINE - 2;
+        line[i..].copy_from_slice(b"\r\n");
         // The bad-id form glues its `x` to the first id.
         let glued = tag.len() > 2;
-        for (k, id) in [self.from, self.to].into_iter().take(ids).enumerate() {
+        let pair = [self.from, self.to];
+        for k in (0..ids).rev() {
+            i = put_back(line, i, pair[k]);
             if !(glued && k == 0) {
-                out.push(b'|');
+                i -= 1;
+                line[i] = b'|';
             }
-            decimal(out, id);
         }
-        out.extend_from_slice(b"\r\n");
+        i -= tag.len();
+        line[i..i + tag.len()].copy_from_slice(tag);
+        put_back(line, i, self.seq)
     }
 }
 
-/// Appends `v` in decimal (std's formatting machinery cost more than the rest of a line,
-/// and the verifier renders every expected line).
-fn decimal(out: &mut Vec<u8>, v: u64) {
-    let mut buf = [0u8; 20];
-    out.extend_from_slice(follower_maze::event::decimal(v, &mut buf));
+/// The longest line: seq, `|P|x`, two ids, separators and `\r\n`.
+pub const MAX_LINE: usize = 20 + 4 + 20 + 1 + 20 + 2;
+
+/// Writes `v` in decimal to end just before `line[end]`; returns where it starts. Two
+/// digits per step, in 32-bit arithmetic while the value fits (cheaper division).
+fn put_back(line: &mut [u8; MAX_LINE], end: usize, mut v: u64) -> usize {
+    let mut i = end;
+    while v > u64::from(u32::MAX) {
+        i = put_pair(line, i, (v % 100) as usize);
+        v /= 100;
+    }
+    let mut v = v as u32;
+    while v >= 100 {
+        i = put_pair(line, i, (v % 100) as usize);
+        v /= 100;
+    }
+    if v >= 10 {
+        put_pair(line, i, v as usize)
+    } else {
+        line[i - 1] = b'0' + v as u8;
+        i - 1
+    }
+}
+
+/// Writes two digits of `pair` (below 100) to end just before `line[end]`.
+#[inline(always)]
+fn put_pair(line: &mut [u8; MAX_LINE], end: usize, pair: usize) -> usize {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    line[end - 2] = PAIRS[pair * 2];
+    line[end - 1] = PAIRS[pair * 2 + 1];
+    end - 2
 }
 
 /// Generator settings. Two generators with equal settings yield equal streams.
@@ -121,8 +165,10 @@ pub struct Gen {
     cfg: GenConfig,
     rng: Rng,
     seq: u64,
+    /// The follow graph's edges, for picking one at random, and as a set, for not
+    /// adding one twice.
     edges: Vec<(u64, u64)>,
-    edge_index: HashMap<(u64, u64), usize>,
+    edge_set: HashSet<(u64, u64)>,
 }
 
 impl Gen {
@@ -132,7 +178,7 @@ impl Gen {
             cfg,
             seq: 0,
             edges: Vec::new(),
-            edge_index: HashMap::new(),
+            edge_set: HashSet::new(),
         }
     }
 
@@ -151,10 +197,7 @@ impl Gen {
         }
         let i = self.rng.below(self.edges.len() as u64) as usize;
         let edge = self.edges.swap_remove(i);
-        self.edge_index.remove(&edge);
-        if let Some(&moved) = self.edges.get(i) {
-            self.edge_index.insert(moved, i);
-        }
+        self.edge_set.remove(&edge);
         Some(edge)
     }
 
@@ -202,8 +245,7 @@ impl Iterator for Gen {
                     }
                 }
                 let (from, to) = (self.uniform_user(), self.popular_user());
-                if from != to && !self.edge_index.contains_key(&(from, to)) {
-                    self.edge_index.insert((from, to), self.edges.len());
+                if from != to && self.edge_set.insert((from, to)) {
                     self.edges.push((from, to));
                 }
                 ev(Kind::Follow, from, to)
@@ -264,7 +306,7 @@ mod tests {
     #[test]
     fn the_mix_has_every_kind_and_the_graph_stays_bounded() {
         let mut g = Gen::new(GenConfig::new(200_000, 10, 3));
-        let mut counts = HashMap::new();
+        let mut counts = hashbrown::HashMap::new();
         for e in g.by_ref() {
             *counts.entry(e.kind).or_insert(0u64) += 1;
         }
@@ -281,7 +323,7 @@ mod tests {
             );
         }
         assert!(g.edges.len() <= 40);
-        assert_eq!(g.edges.len(), g.edge_index.len());
+        assert_eq!(g.edges.len(), g.edge_set.len());
     }
 
     #[test]
@@ -340,9 +382,13 @@ mod tests {
             987654321,
             u64::MAX - 1,
         ] {
-            let mut out = Vec::new();
-            decimal(&mut out, v);
-            assert_eq!(out, v.to_string().into_bytes());
+            let e = Ev::new(v, Kind::Private, v, v);
+            assert_eq!(s(e), format!("{v}|P|{v}|{v}\r\n"));
         }
+        // The longest line there is fits MAX_LINE.
+        let m = u64::MAX - 1; // m % 3 == 2: the glued bad-id form
+        let longest = s(Ev::new(m, Kind::NoOp, m, m));
+        assert_eq!(longest, format!("{m}|P|x{m}|{m}\r\n"));
+        assert_eq!(longest.len(), MAX_LINE);
     }
 }
