@@ -5,16 +5,19 @@
 //! needs, so its memory is the follow graph plus what clients have yet to receive.
 
 use crate::gen::{Ev, Kind};
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
 
 /// The follow graph plus who is watched, stepping through a stream of events.
 pub struct Model<I> {
     events: I,
-    /// user -> that user's *watched* followers: only they can be notified, so the edges
-    /// of users nobody watches are not kept (in the classic run, nine in ten).
-    followers: HashMap<u64, HashSet<u64>>,
-    /// user -> indices of watched connections of that user.
-    watched: HashMap<u64, Vec<usize>>,
+    /// user -> its watched slot: who is watched is asked of every event.
+    slots: Slots,
+    /// slot -> indices of the watched connections of its user.
+    conns: Vec<Vec<usize>>,
+    /// user -> slots of that user's *watched* followers: only they can be notified, so
+    /// the edges of users nobody watches are not kept (in the classic run, nine in ten).
+    /// Few per user: a list, not a set.
+    followers: HashMap<u64, Vec<u32>>,
     /// Every watched connection index (broadcast).
     all: Vec<usize>,
     /// Seq of the last event stepped over (0 before the first).
@@ -26,8 +29,9 @@ impl<I: Iterator<Item = Ev>> Model<I> {
     pub fn new(events: I) -> Self {
         Model {
             events,
+            slots: Slots::default(),
+            conns: Vec::new(),
             followers: HashMap::new(),
-            watched: HashMap::new(),
             all: Vec::new(),
             last_seq: 0,
             exhausted: false,
@@ -38,7 +42,16 @@ impl<I: Iterator<Item = Ev>> Model<I> {
     /// model keeps only watched users' follow edges.
     pub fn watch(&mut self, user: u64, conn: usize) {
         debug_assert_eq!(self.last_seq, 0, "watch before stepping");
-        self.watched.entry(user).or_default().push(conn);
+        let slot = match self.slots.get(user) {
+            Some(slot) => slot,
+            None => {
+                let slot = self.conns.len() as u32;
+                self.slots.insert(user, slot);
+                self.conns.push(Vec::new());
+                slot
+            }
+        };
+        self.conns[slot as usize].push(conn);
         self.all.push(conn);
     }
 
@@ -56,21 +69,24 @@ impl<I: Iterator<Item = Ev>> Model<I> {
             return Some(ev);
         }
         let conns_of = |u: u64, out: &mut Vec<usize>| {
-            if let Some(c) = self.watched.get(&u) {
-                out.extend_from_slice(c);
+            if let Some(slot) = self.slots.get(u) {
+                out.extend_from_slice(&self.conns[slot as usize]);
             }
         };
         match ev.kind {
             Kind::Follow => {
-                if self.watched.contains_key(&ev.from) {
-                    self.followers.entry(ev.to).or_default().insert(ev.from);
+                if let Some(slot) = self.slots.get(ev.from) {
+                    let f = self.followers.entry(ev.to).or_default();
+                    if !f.contains(&slot) {
+                        f.push(slot);
+                    }
                 }
                 conns_of(ev.to, out);
             }
             Kind::Unfollow => {
-                if self.watched.contains_key(&ev.from) {
+                if let Some(slot) = self.slots.get(ev.from) {
                     if let Some(f) = self.followers.get_mut(&ev.to) {
-                        f.remove(&ev.from);
+                        f.retain(|&s| s != slot);
                     }
                 }
             }
@@ -78,14 +94,49 @@ impl<I: Iterator<Item = Ev>> Model<I> {
             Kind::Private => conns_of(ev.to, out),
             Kind::Status => {
                 if let Some(f) = self.followers.get(&ev.from) {
-                    for u in f {
-                        conns_of(*u, out);
+                    for &slot in f {
+                        out.extend_from_slice(&self.conns[slot as usize]);
                     }
                 }
             }
             Kind::NoOp => {}
         }
         Some(ev)
+    }
+}
+
+/// user -> slot: a table for ids below `DENSE` (every generated id, unless users are
+/// counted in millions), a map above.
+#[derive(Default)]
+struct Slots {
+    /// slot + 1 per user id; 0: not watched.
+    dense: Vec<u32>,
+    sparse: HashMap<u64, u32>,
+}
+
+/// Ids below this are looked up in a table (at most 16 MiB of it).
+const DENSE: u64 = 1 << 22;
+
+impl Slots {
+    #[inline]
+    fn get(&self, user: u64) -> Option<u32> {
+        match self.dense.get(user as usize) {
+            Some(&s) => s.checked_sub(1),
+            None if user < DENSE || self.sparse.is_empty() => None,
+            None => self.sparse.get(&user).copied(),
+        }
+    }
+
+    fn insert(&mut self, user: u64, slot: u32) {
+        if user < DENSE {
+            let i = user as usize;
+            if self.dense.len() <= i {
+                self.dense.resize(i + 1, 0);
+            }
+            self.dense[i] = slot + 1;
+        } else {
+            self.sparse.insert(user, slot);
+        }
     }
 }
 
@@ -146,6 +197,22 @@ mod tests {
         assert_eq!(got[0], vec![1, 2]);
         assert_eq!(got[1], vec![1, 2]);
         assert_eq!(got[2], vec![2]);
+    }
+
+    #[test]
+    fn users_with_huge_ids_are_watched_too() {
+        let big = u64::MAX - 3;
+        let events = vec![
+            ev(1, Kind::Follow, big, 5),
+            ev(2, Kind::Status, 5, 0),
+            ev(3, Kind::Private, 5, big),
+            ev(4, Kind::Private, 5, 4_194_304),
+            ev(5, Kind::Private, 5, 7),
+        ];
+        let got = run(events, &[big, 7, 4_194_304]);
+        assert_eq!(got[0], vec![2, 3]);
+        assert_eq!(got[1], vec![5]);
+        assert_eq!(got[2], vec![4]);
     }
 
     #[test]
