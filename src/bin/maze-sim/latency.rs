@@ -1,14 +1,15 @@
 //! Delivery latency: from the source's write of the batch that carried an event to the
 //! verifier's read of its notification.
 //!
-//! The source stamps each batch it finishes writing with (its highest seq, the time), at
-//! most one stamp per `COALESCE` (a later batch within it only raises the seq, so its
-//! events count from the earlier time: at most that much too long). The verifier takes the
-//! new stamps once per read call, looks up each line's stamp (a cached position, the lines
-//! of one connection come in seq order), and records one histogram value per run of lines
-//! read together with the same stamp, with the clock read once per read call. Events of
-//! a batch written in several pieces (only batches over 60 KiB) count from its last piece,
-//! so they may read as faster than they were, never slower.
+//! After each write the source stamps (the highest seq of the batches now written in
+//! full, the time), at most one stamp per `COALESCE` (a later write within it only raises
+//! the seq, so its events count from the earlier time: at most that much too long). The
+//! verifier takes the new stamps once per read call, finds each line's stamp (from the
+//! connection's own cursor: its lines come in seq order), and records one histogram value
+//! per run of lines read together with the same stamp, with the clock read once per read
+//! call. Events of a batch written in several pieces (batches over 60 KiB, or cut by a
+//! full-speed write) count from the write that completed their batch, so they may read as
+//! faster than they were, never slower.
 
 use hdrhistogram::Histogram;
 use std::collections::VecDeque;
@@ -20,17 +21,37 @@ const COALESCE: Duration = Duration::from_micros(20);
 
 /// The source's side: stamps batches as they are written.
 #[derive(Clone, Default)]
-pub struct Stamps(Arc<Mutex<Vec<(u64, Instant)>>>);
+pub struct Stamps(Arc<Mutex<StampLog>>);
+
+#[derive(Default)]
+struct StampLog {
+    /// Not yet taken by the verifier.
+    new: Vec<(u64, Instant)>,
+    /// The highest seq stamped so far.
+    last: u64,
+}
 
 impl Stamps {
-    /// The batch up to `seq` has just been written.
+    /// Every seq up to `seq` has been written, the last of them just now.
     pub fn sent(&self, seq: u64, at: Instant) {
-        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match v.last_mut() {
-            Some(last) if at.duration_since(last.1) < COALESCE => last.0 = last.0.max(seq),
-            _ => v.push((seq, at)),
+        let mut log = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if seq <= log.last {
+            return; // nothing new written in full
+        }
+        log.last = seq;
+        match log.new.last_mut() {
+            Some(last) if at.duration_since(last.1) < COALESCE => last.0 = seq,
+            _ => log.new.push((seq, at)),
         }
     }
+}
+
+/// Lines read in one read call that share one stamp: seqs in `after + 1..=upto`.
+struct Run {
+    after: u64,
+    upto: u64,
+    sent: Instant,
+    lines: u64,
 }
 
 /// The verifier's side: stamps seen so far, and the histograms.
@@ -38,14 +59,17 @@ pub struct Latency {
     shared: Stamps,
     /// (highest seq, sent at), in seq order.
     stamps: VecDeque<(u64, Instant)>,
-    /// Where the last lookup found its stamp.
-    cursor: usize,
-    /// The run of lines with one stamp, not yet recorded: (stamp index, count).
-    run: Option<(usize, u64)>,
-    /// Every value of the run, in microseconds.
-    pub all: Histogram<u64>,
+    /// Stamps dropped from the front so far: stamp `k` is `stamps[k - dropped]`.
+    dropped: u64,
+    /// The run of lines with one stamp, not yet recorded.
+    run: Option<Run>,
+    /// Runs recorded whose values fall in one histogram bucket, not yet recorded:
+    /// (the bucket's lowest value, count). At full speed most runs of a read call do.
+    pending: Option<(u64, u64)>,
+    /// Every value before the current interval, in microseconds.
+    all: Histogram<u64>,
     /// Since the last progress line.
-    pub interval: Histogram<u64>,
+    interval: Histogram<u64>,
 }
 
 impl Latency {
@@ -54,8 +78,9 @@ impl Latency {
         Latency {
             shared: Stamps::default(),
             stamps: VecDeque::new(),
-            cursor: 0,
+            dropped: 0,
             run: None,
+            pending: None,
             all: hist(),
             interval: hist(),
         }
@@ -64,53 +89,95 @@ impl Latency {
     /// A new session (seqs start again at 1): stamps from `shared` from now on.
     pub fn restart(&mut self, shared: Stamps) {
         self.shared = shared;
+        self.dropped += self.stamps.len() as u64;
         self.stamps.clear();
-        self.cursor = 0;
         self.run = None;
     }
 
     /// Takes the stamps written since the last call (once per read call).
     pub fn sync(&mut self) {
-        let mut v = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
-        self.stamps.extend(v.drain(..));
+        let mut log = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
+        self.stamps.extend(log.new.drain(..));
     }
 
-    /// One line of `seq` read in the current read call.
-    pub fn line(&mut self, seq: u64, now: Instant) {
-        let Some(i) = self.find(seq) else {
+    /// One line of `seq` read in the current read call. `cursor` is the reading
+    /// connection's own: its lines come in seq order, so its stamp only moves forward.
+    /// Most lines belong to the run in progress: two comparisons.
+    #[inline]
+    pub fn line(&mut self, seq: u64, now: Instant, cursor: &mut u64) {
+        match &mut self.run {
+            Some(r) if seq > r.after && seq <= r.upto => r.lines += 1,
+            _ => self.new_run(seq, now, cursor),
+        }
+    }
+
+    fn new_run(&mut self, seq: u64, now: Instant, cursor: &mut u64) {
+        let mut k = (*cursor).max(self.dropped);
+        while self
+            .stamps
+            .get((k - self.dropped) as usize)
+            .is_some_and(|s| s.0 < seq)
+        {
+            k += 1;
+        }
+        let i = (k - self.dropped) as usize;
+        let Some(&(upto, sent)) = self.stamps.get(i) else {
             return; // not stamped (yet): nothing to measure against
         };
-        match &mut self.run {
-            Some((j, n)) if *j == i => *n += 1,
-            _ => {
-                self.record(now);
-                self.run = Some((i, 1));
+        *cursor = k;
+        self.record(now);
+        let after = match i {
+            0 => 0,
+            _ => self.stamps[i - 1].0,
+        };
+        self.run = Some(Run {
+            after,
+            upto,
+            sent,
+            lines: 1,
+        });
+    }
+
+    /// The end of a run (a new stamp, or the end of a read call).
+    pub fn record(&mut self, now: Instant) {
+        if let Some(r) = self.run.take() {
+            let us = now.saturating_duration_since(r.sent).as_micros() as u64;
+            let bucket = self.interval.lowest_equivalent(us.clamp(1, 3_600_000_000));
+            match &mut self.pending {
+                Some((b, n)) if *b == bucket => *n += r.lines,
+                _ => {
+                    self.flush();
+                    self.pending = Some((bucket, r.lines));
+                }
             }
         }
     }
 
-    /// The end of a read call: records the run of lines in progress.
-    pub fn record(&mut self, now: Instant) {
-        if let Some((i, n)) = self.run.take() {
-            let us = now.saturating_duration_since(self.stamps[i].1).as_micros() as u64;
-            let us = us.clamp(1, 3_600_000_000);
-            let _ = self.all.record_n(us, n);
-            let _ = self.interval.record_n(us, n);
+    fn flush(&mut self) {
+        if let Some((bucket, n)) = self.pending.take() {
+            let _ = self.interval.record_n(bucket, n);
         }
     }
 
-    /// The stamp whose batch holds `seq`: the first with a highest seq at or above it.
-    fn find(&mut self, seq: u64) -> Option<usize> {
-        let fits =
-            |i: usize, s: &VecDeque<(u64, Instant)>| s[i].0 >= seq && (i == 0 || s[i - 1].0 < seq);
-        if self.cursor < self.stamps.len() && fits(self.cursor, &self.stamps) {
-            return Some(self.cursor);
-        }
-        let i = self.stamps.partition_point(|&(hi, _)| hi < seq);
-        (i < self.stamps.len()).then(|| {
-            self.cursor = i;
-            i
-        })
+    /// The progress line's summary of the values since the last one, which then join
+    /// the total (one histogram recorded per run, the other added once per interval).
+    pub fn end_interval(&mut self) -> String {
+        self.flush();
+        let line = summary(&self.interval, "");
+        self.fold();
+        line
+    }
+
+    /// Every value recorded.
+    pub fn total(&mut self) -> &Histogram<u64> {
+        self.fold();
+        &self.all
+    }
+
+    fn fold(&mut self) {
+        self.flush();
+        let _ = self.all.add(&self.interval);
+        self.interval.reset();
     }
 
     /// Drops stamps older than `age` (a line that late has failed the run anyway).
@@ -118,16 +185,14 @@ impl Latency {
         if self.run.is_some() {
             return;
         }
-        let mut dropped = 0;
         while self
             .stamps
             .front()
             .is_some_and(|s| now.saturating_duration_since(s.1) > age)
         {
             self.stamps.pop_front();
-            dropped += 1;
+            self.dropped += 1;
         }
-        self.cursor = self.cursor.saturating_sub(dropped);
     }
 }
 
@@ -156,15 +221,53 @@ mod tests {
         l.restart(stamps.clone());
         l.sync();
         let read = t0 + Duration::from_millis(7);
-        for seq in [3, 9, 10, 11, 20] {
-            l.line(seq, read);
+        // Two connections, each with its own cursor, reading in seq order.
+        let (mut a, mut b) = (0, 0);
+        for seq in [3, 9, 11, 20] {
+            l.line(seq, read, &mut a);
         }
-        l.line(21, read); // not sent yet: not measured
+        l.line(10, read, &mut b);
+        l.line(21, read, &mut b); // not sent yet: not measured
         l.record(read);
-        assert_eq!(l.all.len(), 5);
-        // 3 lines from the first batch at 7 ms, 2 from the second at 2 ms.
-        assert_eq!(l.all.count_between(6_900, 7_100), 3);
-        assert_eq!(l.all.count_between(1_900, 2_100), 2);
+        let first = l.end_interval();
+        assert!(first.starts_with("p50_us=7"), "{first}");
+        stamps.sent(21, t0 + Duration::from_millis(8));
+        l.sync();
+        l.line(21, read + Duration::from_millis(10), &mut b);
+        l.record(read + Duration::from_millis(10));
+        let all = l.total();
+        assert_eq!(all.len(), 6);
+        // 3 lines from the first batch at 7 ms, 2 from the second at 2 ms, 1 at 9 ms.
+        assert_eq!(all.count_between(6_900, 7_100), 3);
+        assert_eq!(all.count_between(1_900, 2_100), 2);
+        assert_eq!(all.count_between(8_900, 9_100), 1);
+    }
+
+    #[test]
+    fn runs_in_one_bucket_are_recorded_once_and_counted_in_full() {
+        let stamps = Stamps::default();
+        let t0 = Instant::now();
+        // Stamps 30 us apart, read 2 s later: every run falls in one bucket.
+        for k in 1..=100u64 {
+            stamps.sent(k, t0 + Duration::from_micros(k * 30));
+        }
+        let mut l = Latency::new();
+        l.restart(stamps.clone());
+        l.sync();
+        let (now, mut c) = (t0 + Duration::from_secs(2), 0);
+        for seq in 1..=100 {
+            l.line(seq, now, &mut c);
+        }
+        l.record(now);
+        let all = l.total();
+        assert_eq!(all.len(), 100);
+        // 3 ms of stamps at 2 s fall in a few buckets of about 1 ms.
+        assert!(all.iter_recorded().count() <= 4);
+        assert!(
+            all.max() >= 1_999_000 && all.max() <= 2_001_000,
+            "{}",
+            all.max()
+        );
     }
 
     #[test]
@@ -173,7 +276,8 @@ mod tests {
         let t0 = Instant::now();
         stamps.sent(10, t0);
         stamps.sent(20, t0 + Duration::from_micros(5));
-        assert_eq!(stamps.0.lock().unwrap().len(), 1);
-        assert_eq!(stamps.0.lock().unwrap()[0].0, 20);
+        stamps.sent(20, t0 + Duration::from_millis(1)); // nothing new: no stamp
+        let log = stamps.0.lock().unwrap();
+        assert_eq!(log.new, [(20, t0)]);
     }
 }

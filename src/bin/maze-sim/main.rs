@@ -6,6 +6,7 @@
 //! banner on success, a precise reason on failure, and always a `key=value` summary last.
 
 mod adversarial;
+mod expected;
 mod floor;
 mod gen;
 mod latency;
@@ -439,7 +440,7 @@ fn run(s: &Settings) -> Outcome {
     if let Some(stop) = soak {
         let _ = stop.send(());
     }
-    let latency = latency::summary(&verifier.latency.all, "latency_");
+    let latency = latency::summary(verifier.latency.total(), "latency_");
     Ok((verifier.tally, total_events, latency))
 }
 

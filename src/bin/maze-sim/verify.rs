@@ -9,12 +9,12 @@
 //!
 //! A failure names the connection, its user, the position, and expected vs. got.
 
-use crate::gen::Ev;
-use crate::latency::{self, Latency};
+use crate::expected::Owed;
+use crate::gen::{Ev, MAX_LINE};
+use crate::latency::Latency;
 use crate::model::Model;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
@@ -29,11 +29,15 @@ struct Watched {
     stream: Option<TcpStream>,
     user: u64,
     mode: Mode,
-    expected: VecDeque<Ev>,
+    /// The lines still owed, in order.
+    expected: Owed,
     /// Suffix mode: the first line has been matched.
     started: bool,
+    /// Suffix mode: the first line while it is incomplete.
     partial: Vec<u8>,
     received: u64,
+    /// Where this connection's last line found its latency stamp (see [`Latency::line`]).
+    stamp: u64,
     /// Last time this connection had nothing to wait for, or received bytes.
     since: Instant,
 }
@@ -50,7 +54,6 @@ pub struct Verifier {
     conns: Vec<Watched>,
     scratch: Vec<u8>,
     recipients: Vec<usize>,
-    expected_line: Vec<u8>,
     pub tally: Tally,
     timeout: Duration,
     log_interval: Duration,
@@ -65,14 +68,16 @@ pub struct Verifier {
 /// Why a run failed.
 pub type Failure = String;
 
+/// How long a failure report waits for the rest of the line it quotes.
+const REST_OF_LINE: Duration = Duration::from_millis(200);
+
 impl Verifier {
     pub fn new(timeout: Duration, log_interval: Duration) -> io::Result<Verifier> {
         Ok(Verifier {
             poll: Poll::new()?,
             conns: Vec::new(),
-            scratch: vec![0; 256 * 1024],
+            scratch: vec![0; 64 * 1024],
             recipients: Vec::new(),
-            expected_line: Vec::new(),
             tally: Tally::default(),
             timeout,
             log_interval,
@@ -89,10 +94,11 @@ impl Verifier {
             stream: None,
             user,
             mode,
-            expected: VecDeque::new(),
+            expected: Owed::default(),
             started: false,
             partial: Vec::new(),
             received: 0,
+            stamp: 0,
             since: Instant::now(),
         });
         self.attach(i, stream)?;
@@ -112,6 +118,7 @@ impl Verifier {
         }
         w.started = false;
         w.partial.clear();
+        w.expected.restart_line();
         Ok(())
     }
 
@@ -165,9 +172,8 @@ impl Verifier {
                     n,
                     (n - last_count) as f64 / self.log_interval.as_secs_f64(),
                     model.last_seq,
-                    latency::summary(&self.latency.interval, "")
+                    self.latency.end_interval()
                 );
-                self.latency.interval.reset();
                 last_count = n;
                 next_log = now + self.log_interval;
             }
@@ -186,18 +192,23 @@ impl Verifier {
         }
     }
 
+    /// One event of the model: its line, rendered once, is owed to each recipient.
     fn step<I: Iterator<Item = Ev>>(&mut self, model: &mut Model<I>) {
         let mut recipients = std::mem::take(&mut self.recipients);
         if let Some(ev) = model.step(&mut recipients) {
-            for &c in &recipients {
-                let w = &mut self.conns[c];
-                if w.expected.is_empty() {
-                    w.since = self.now;
-                    if w.mode == Mode::Exact {
-                        self.exact_waiting += 1;
+            if !recipients.is_empty() {
+                let mut line = [0u8; MAX_LINE];
+                let start = ev.render(&mut line);
+                for &c in &recipients {
+                    let w = &mut self.conns[c];
+                    if w.expected.is_empty() {
+                        w.since = self.now;
+                        if w.mode == Mode::Exact {
+                            self.exact_waiting += 1;
+                        }
                     }
+                    w.expected.push(ev.seq, &line[start..]);
                 }
-                w.expected.push_back(ev);
             }
         }
         self.recipients = recipients;
@@ -241,89 +252,151 @@ impl Verifier {
             self.now = Instant::now();
             self.latency.sync();
             self.conns[i].since = self.now;
-            let mut chunk = &scratch[..n];
-            // A line cut by the previous read: complete it first.
-            if !self.conns[i].partial.is_empty() {
-                match memchr::memchr(b'\n', chunk) {
-                    Some(k) => {
-                        let mut line = std::mem::take(&mut self.conns[i].partial);
-                        line.extend_from_slice(&chunk[..=k]);
-                        self.check(i, &line, model)?;
-                        line.clear();
-                        self.conns[i].partial = line;
-                        chunk = &chunk[k + 1..];
-                    }
-                    None => {
-                        self.conns[i].partial.extend_from_slice(chunk);
-                        continue;
-                    }
-                }
+            let mut data = &scratch[..n];
+            let w = &mut self.conns[i];
+            if w.mode == Mode::Suffix && !w.started {
+                // Where a joining connection starts is its first line's seq.
+                let Some(k) = memchr::memchr(b'\n', data) else {
+                    w.partial.extend_from_slice(data);
+                    continue;
+                };
+                let mut first = std::mem::take(&mut w.partial);
+                first.extend_from_slice(&data[..=k]);
+                data = &data[k + 1..];
+                self.start(i, &first, model)?;
+                self.compare(i, &first, model)?;
             }
-            while let Some(k) = memchr::memchr(b'\n', chunk) {
-                self.check(i, &chunk[..=k], model)?;
-                chunk = &chunk[k + 1..];
-            }
+            self.compare(i, data, model)?;
             self.latency.record(self.now);
-            self.conns[i].partial.extend_from_slice(chunk);
+            if n < scratch.len() {
+                // Drained: bytes that come later bring a new readiness event (edge
+                // triggered), so the read that would say WouldBlock is not needed.
+                return Ok(());
+            }
         }
     }
 
-    /// One received line (with its `\n`) against the model.
-    fn check<I: Iterator<Item = Ev>>(
+    /// A suffix connection's first line: lines before its seq are not owed to it.
+    fn start<I: Iterator<Item = Ev>>(
         &mut self,
         i: usize,
-        line: &[u8],
+        first: &[u8],
         model: &mut Model<I>,
     ) -> Result<(), Failure> {
-        self.tally.notifications += 1;
-        self.conns[i].received += 1;
-        if self.conns[i].mode == Mode::Suffix && !self.conns[i].started {
-            let seq = std::str::from_utf8(line)
-                .ok()
-                .and_then(|l| l.split('|').next())
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| {
-                    self.describe(
-                        i,
-                        &format!("got an unparsable line {:?}", String::from_utf8_lossy(line)),
-                    )
-                })?;
-            while !model.exhausted && model.last_seq < seq {
-                self.step(model);
-            }
-            let w = &mut self.conns[i];
-            while w.expected.front().is_some_and(|e| e.seq < seq) {
-                w.expected.pop_front();
-            }
-            w.started = true;
-        }
-        while self.conns[i].expected.is_empty() && !model.exhausted {
+        let seq = std::str::from_utf8(first)
+            .ok()
+            .and_then(|l| l.split('|').next())
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| {
+                self.describe(
+                    i,
+                    &format!(
+                        "got an unparsable line {:?}",
+                        String::from_utf8_lossy(first)
+                    ),
+                )
+            })?;
+        while !model.exhausted && model.last_seq < seq {
             self.step(model);
         }
         let w = &mut self.conns[i];
-        let want = w.expected.pop_front();
-        if want.is_some() && w.expected.is_empty() && w.mode == Mode::Exact {
+        w.expected.skip_below(seq);
+        w.started = true;
+        Ok(())
+    }
+
+    /// Received bytes against the lines owed, in order, a read at a time: one `memcmp`,
+    /// no line splitting (a line cut by a read goes on in the next).
+    fn compare<I: Iterator<Item = Ev>>(
+        &mut self,
+        i: usize,
+        data: &[u8],
+        model: &mut Model<I>,
+    ) -> Result<(), Failure> {
+        while self.conns[i].expected.unmatched().len() < data.len() && !model.exhausted {
+            self.step(model);
+        }
+        let w = &mut self.conns[i];
+        let owed = w.expected.unmatched();
+        let n = owed.len().min(data.len());
+        if data[..n] != owed[..n] {
+            let k = (data[..n].iter().zip(&owed[..n]))
+                .position(|(a, b)| a != b)
+                .unwrap_or(n);
+            return Err(self.mismatch(i, data, k));
+        }
+        let was_waiting = !w.expected.is_empty();
+        let (latency, now, stamp) = (&mut self.latency, self.now, &mut w.stamp);
+        let mut lines = 0;
+        w.expected.matched(n, |seq| {
+            lines += 1;
+            latency.line(seq, now, stamp);
+        });
+        w.received += lines;
+        self.tally.notifications += lines;
+        if was_waiting && w.expected.is_empty() && w.mode == Mode::Exact {
             self.exact_waiting -= 1;
         }
-        let Some(want) = want else {
-            return Err(self.describe(
-                i,
-                &format!("got an extra line {:?}", String::from_utf8_lossy(line)),
-            ));
-        };
-        self.expected_line.clear();
-        want.write(&mut self.expected_line);
-        if line == self.expected_line.as_slice() {
-            self.latency.line(want.seq, self.now);
-        } else {
-            let msg = format!(
-                "expected {:?}, got {:?}",
-                String::from_utf8_lossy(&self.expected_line),
-                String::from_utf8_lossy(line)
-            );
-            return Err(self.describe(i, &msg));
+        if n < data.len() {
+            // Everything owed arrived, and the stream is over: the rest is extra.
+            return Err(self.mismatch(i, data, n));
         }
         Ok(())
+    }
+
+    /// The failure for received `data` that differs from what is owed at `data[k]`: the
+    /// line it is in, expected and got (or an extra line when nothing more is owed).
+    fn mismatch(&mut self, i: usize, data: &[u8], k: usize) -> Failure {
+        let w = &mut self.conns[i];
+        w.received += 1;
+        let Some((_, line, at)) = w.expected.line_at(k) else {
+            let from = memchr::memrchr(b'\n', &data[..k]).map_or(0, |p| p + 1);
+            let got = self.rest_of_line(i, Vec::new(), &data[from..]);
+            let msg = format!("got an extra line {:?}", String::from_utf8_lossy(&got));
+            return self.describe(i, &msg);
+        };
+        let expected = String::from_utf8_lossy(line).into_owned();
+        // What came before `k` in this line matched, so it is the line's own start; the
+        // line may have begun in an earlier read.
+        let (before, from) = match at <= k {
+            true => (&line[..0], k - at),
+            false => (&line[..at - k], 0),
+        };
+        let got = before.to_vec();
+        let got = self.rest_of_line(i, got, &data[from..]);
+        let msg = format!(
+            "expected {expected:?}, got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        self.describe(i, &msg)
+    }
+
+    /// For a failure report: `got` plus `data` up to its first `\n`, or, without one,
+    /// what connection `i` sends of the line within [`REST_OF_LINE`].
+    fn rest_of_line(&mut self, i: usize, mut got: Vec<u8>, data: &[u8]) -> Vec<u8> {
+        if let Some(k) = memchr::memchr(b'\n', data) {
+            got.extend_from_slice(&data[..=k]);
+            return got;
+        }
+        got.extend_from_slice(data);
+        let deadline = Instant::now() + REST_OF_LINE;
+        let mut byte = [0u8; 1];
+        while let Some(stream) = self.conns[i].stream.as_mut() {
+            match stream.read(&mut byte) {
+                Ok(1) => {
+                    got.push(byte[0]);
+                    if byte[0] == b'\n' {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                _ => break,
+            }
+        }
+        got
     }
 
     fn check_timeouts(&self, now: Instant) -> Result<(), Failure> {
@@ -332,16 +405,13 @@ impl Verifier {
                 && !w.expected.is_empty()
                 && now.duration_since(w.since) > self.timeout
             {
-                let mut line = Vec::new();
-                if let Some(e) = w.expected.front() {
-                    e.write(&mut line);
-                }
+                let line = w.expected.line_at(0).map_or(&[][..], |(_, line, _)| line);
                 return Err(self.describe(
                     i,
                     &format!(
                         "nothing received for {} ms while expecting {:?}",
                         self.timeout.as_millis(),
-                        String::from_utf8_lossy(&line)
+                        String::from_utf8_lossy(line)
                     ),
                 ));
             }
