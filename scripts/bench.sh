@@ -180,12 +180,12 @@ while IFS= read -r entry; do
       wait "$pid" 2>/dev/null || true
       elapsed=$(field elapsed_s "$summary")
       notes=$(field notifications "$summary")
-      nps=$(awk -v n="$notes" -v t="$elapsed" 'BEGIN { if (t > 0) printf "%.0f", n / t; else print 0 }')
+      nps=$(awk -v n="$notes" -v t="$elapsed" 'BEGIN { if (t > 0) printf "%.0f", n / t; else print "-" }')
       result=$(field result "$summary")
       # A run whose server CPU could not be read measured nothing: not a pass.
       [[ "$(field server_cpu_s "$summary")" =~ ^[0-9.]+$ ]] || result="fail(no-server-cpu)"
-      r=("$server_name" "$w" "$run" "$(field events_per_s "$summary")" "$nps" "$(field server_cpu_s "$summary")" \
-         "$(field server_peak_rss_kib "$summary")" "$(field sim_cpu_s "$summary")" \
+      r=("$server_name" "$w" "$run" "$(cell events_per_s "$summary")" "$nps" "$(cell server_cpu_s "$summary")" \
+         "$(cell server_peak_rss_kib "$summary")" "$(cell sim_cpu_s "$summary")" \
          "$(cell latency_p50_us "$summary")" "$(cell latency_p99_us "$summary")" \
          "$(cell latency_p999_us "$summary")" "$(cell latency_max_us "$summary")" "$result")
       row "${r[@]}"
@@ -198,7 +198,12 @@ while IFS= read -r entry; do
       fi
       rm -f "$log" "$log.sim"
     done
-    med() { printf '%s\n' "${rows[@]}" | awk -v c="$1" '{print $c}' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+    # The middle value, or the mean of the two middle ones (as bench-report); "-" for none.
+    med() {
+      printf '%s\n' "${rows[@]}" | awk -v c="$1" '$c != "-" {print $c}' | sort -g |
+        awk '{a[NR]=$1} END { if (NR == 0) print "-"; else if (NR % 2) print a[(NR+1)/2];
+          else printf "%.10g\n", (a[NR/2] + a[NR/2+1]) / 2 }'
+    }
     if [ "$RUNS" -gt 1 ]; then
       row "$server_name" "$w" median "$(med 4)" "$(med 5)" "$(med 6)" "$(med 7)" "$(med 8)" \
         "$(med 9)" "$(med 10)" "$(med 11)" "$(med 12)" "-"
@@ -211,6 +216,6 @@ if [ -n "${cpu_of[floor/floor]:-}" ]; then
   for key in "${!cpu_of[@]}"; do
     [ "${key#*/}" = classic ] || continue
     awk -v n="${key%%/*}" -v c="${cpu_of[$key]}" -v f="${cpu_of[floor/floor]}" \
-      'BEGIN { if (f > 0) printf "%s: classic server CPU %.2f s = %.2fx the floor (%.2f s)\n", n, c, c / f, f }'
+      'BEGIN { if (f > 0 && c != "-") printf "%s: classic server CPU %.2f s = %.2fx the floor (%.2f s)\n", n, c, c / f, f }'
   done
 fi
