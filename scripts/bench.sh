@@ -24,7 +24,8 @@
 # Workloads: floor (the classic 10M events through floor-relay, which hands each line to one
 # client round-robin: no parsing, ordering or routing; run once, whatever SERVERS says; with
 # classic in the same invocation each server's classic CPU is also shown as a multiple of
-# it), classic (10M events, 100 clients, 1,000 users, batches of 100),
+# it), classic (10M events, 100 clients, 1,000 users, batches of 100), paced (the classic
+# shape, 1M events paced at eventsPerSecond=100000: latency at equal load, 10 s),
 # 10k-clients (2M events, 10,000 clients, 100,000 users), deep-disorder (2M events,
 # batches of 200,000), broadcast-heavy (2M events, 5% broadcasts), soak (100M events,
 # server RSS sampled every second). Each run gets a fresh server.
@@ -57,6 +58,7 @@ workload_env() {
     broadcast-heavy) echo "totalEvents=2000000 broadcastPermille=50" ;;
     soak) echo "scenario=soak totalEvents=100000000" ;;
     floor) echo "scenario=floor totalEvents=10000000 concurrencyLevel=100 numberOfUsers=1000" ;;
+    paced) echo "totalEvents=1000000 concurrencyLevel=100 numberOfUsers=1000 eventsPerSecond=100000" ;;
     *) echo "unknown workload: $1" >&2; exit 2 ;;
   esac
 }
