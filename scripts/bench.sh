@@ -7,6 +7,12 @@
 # load: at full speed it is mostly queueing); totalEvents=N overrides the workload's count
 # (eventsPerSecond=20000 totalEvents=200000 scripts/bench.sh classic: 10 s).
 #
+# Each run's row also goes, tab-separated ("-" for no value), to BENCH_OUT/results.tsv
+# (BENCH_OUT defaults to target/bench/<UTC timestamp>); at the end bench-report turns it
+# into a Markdown table (runs, medians, floor multiples), printed and written to
+# results.md, and a chart beside it, chart.svg (events/s and server CPU per server and
+# workload, latency percentiles at the paced workload).
+#
 #   scripts/bench.sh [WORKLOAD ...]     default: classic 10k-clients deep-disorder broadcast-heavy
 #   RUNS=3 scripts/bench.sh classic     medians of three runs
 #   scripts/bench.sh adversarial        work per input byte of each attack (below)
@@ -103,6 +109,20 @@ cell() { local v; v=$(field "$1" "$2"); echo "${v:--}"; }
 
 row() { printf '%-12s %-16s %-6s %12s %14s %12s %14s %10s %9s %9s %9s %9s %s\n' "$@"; }
 
+BENCH_OUT=${BENCH_OUT:-target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
+TSV=$BENCH_OUT/results.tsv
+# Appends one run's cells to the TSV, which each invocation starts afresh (bench-report
+# refuses a run seen twice) at its first row: an adversarial-only invocation leaves none.
+tsv_row() {
+  if [ -z "${tsv_started:-}" ]; then
+    mkdir -p "$BENCH_OUT"
+    echo "server workload run events_per_s notifications_per_s server_cpu_s server_rss_kib" \
+      "sim_cpu_s p50_us p99_us p999_us max_us result" | tr ' ' '\t' >"$TSV"
+    tsv_started=1
+  fi
+  (IFS=$'\t'; echo "$*") >>"$TSV"
+}
+
 ADV_ATTACKS=${ADV_ATTACKS:-far-ahead far-ahead-max follow-storm disconnect-storm zero-padded chatty}
 
 adv_row() { printf '%-12s %-17s %-4s %12s %13s %12s %16s %13s %13s %13s %s\n' "$@"; }
@@ -191,6 +211,7 @@ while IFS= read -r entry; do
          "$(cell latency_p50_us "$summary")" "$(cell latency_p99_us "$summary")" \
          "$(cell latency_p999_us "$summary")" "$(cell latency_max_us "$summary")" "$result")
       row "${r[@]}"
+      tsv_row "${r[@]}"
       rows+=("${r[*]}")
       [ "$result" = pass ] || { echo "--- maze-sim:"; tail -5 "$log.sim"; }
       if [ "$w" = soak ]; then
@@ -220,4 +241,21 @@ if [ -n "${cpu_of[floor/floor]:-}" ]; then
     awk -v n="${key%%/*}" -v c="${cpu_of[$key]}" -v f="${cpu_of[floor/floor]}" \
       'BEGIN { if (f > 0 && c != "-") printf "%s: classic server CPU %.2f s = %.2fx the floor (%.2f s)\n", n, c, c / f, f }'
   done
+fi
+# The report of every row above (the adversarial table is its own).
+if [ -n "${tsv_started:-}" ]; then
+  echo
+  table=$(./target/release/bench-report "$TSV" --svg "$BENCH_OUT/chart.svg")
+  echo "$table"
+  {
+    echo "# bench.sh ${workloads[*]}"
+    echo
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), RUNS=$RUNS${totalEvents:+ totalEvents=$totalEvents}${eventsPerSecond:+ eventsPerSecond=$eventsPerSecond}"
+    echo
+    echo "$table"
+    echo
+    echo "![events/s, server CPU and paced latency](chart.svg)"
+  } >"$BENCH_OUT/results.md"
+  echo
+  echo "results: $TSV $BENCH_OUT/results.md $BENCH_OUT/chart.svg"
 fi
