@@ -239,7 +239,7 @@ if [ -n "${cpu_of[floor/floor]:-}" ]; then
   for key in "${!cpu_of[@]}"; do
     [ "${key#*/}" = classic ] || continue
     awk -v n="${key%%/*}" -v c="${cpu_of[$key]}" -v f="${cpu_of[floor/floor]}" \
-      'BEGIN { if (f > 0 && c != "-") printf "%s: classic server CPU %.2f s = %.2fx the floor (%.2f s)\n", n, c, c / f, f }'
+      'BEGIN { if (f > 0 && c != "-") printf "%s: classic server CPU %s s = %.2fx the floor (%s s)\n", n, c, c / f, f }'
   done
 fi
 # The report of every row above (the adversarial table is its own).

@@ -236,23 +236,30 @@ fn groups(runs: &[Run]) -> Vec<Group<'_>> {
 }
 
 /// Each server's classic median CPU as a multiple of the floor's (bench.sh's wording).
+/// The medians as the table writes them, and the ratio of those: the same figures as
+/// the median rows and as bench.sh's own line.
 fn floor_lines(groups: &[Group]) -> Vec<String> {
+    let cpu = |g: &Group| {
+        let text = g.median_text(CPU);
+        let value = parse_value(&text).ok().flatten()?;
+        Some((text, value))
+    };
     let floor = groups
         .iter()
         .find(|g| g.server == "floor" && g.workload == "floor")
-        .and_then(|g| g.median(CPU));
-    let Some(floor) = floor.filter(|f| *f > 0.0) else {
+        .and_then(cpu);
+    let Some((floor_text, floor)) = floor.filter(|(_, f)| *f > 0.0) else {
         return Vec::new();
     };
     groups
         .iter()
         .filter(|g| g.workload == "classic")
         .filter_map(|g| {
-            let cpu = g.median(CPU)?;
+            let (text, value) = cpu(g)?;
             Some(format!(
-                "{}: classic server CPU {cpu:.2} s = {:.2}x the floor ({floor:.2} s)",
+                "{}: classic server CPU {text} s = {:.2}x the floor ({floor_text} s)",
                 g.server,
-                cpu / floor
+                value / floor
             ))
         })
         .collect()
@@ -780,6 +787,18 @@ mod tests {
             ["ours: classic server CPU 3.00 s = 2.00x the floor (1.50 s)"]
         );
         assert!(with("0.00").is_empty());
+        // 0.08 and 0.09: a median of 0.085 as written, not 0.0849999... rounded to 0.08.
+        let text = [
+            line("floor", "floor", 1, "0.04", "-"),
+            line("ours", "classic", 1, "0.08", "1"),
+            line("ours", "classic", 2, "0.09", "1"),
+        ]
+        .join("\n");
+        let runs = parse_runs(&text).expect("good lines");
+        assert_eq!(
+            floor_lines(&groups(&runs)),
+            ["ours: classic server CPU 0.085 s = 2.12x the floor (0.04 s)"]
+        );
         let no_floor = parse_runs(&line("ours", "classic", 1, "3", "1")).expect("a good line");
         assert!(floor_lines(&groups(&no_floor)).is_empty());
     }
