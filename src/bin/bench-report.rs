@@ -382,9 +382,8 @@ fn compact(v: f64) -> String {
         _ => (v, ""),
     };
     let places = match scaled.abs() {
-        a if a >= 100.0 => 0,
-        a if a >= 10.0 => 1,
-        _ => 2,
+        0.0 => 0,
+        a => (2 - a.log10().floor() as i32).max(0) as usize,
     };
     let mut s = format!("{scaled:.places$}");
     if s.contains('.') {
@@ -819,6 +818,8 @@ mod tests {
         assert_eq!(compact(83199.0), "83.2k");
         assert_eq!(compact(0.0), "0");
         assert_eq!(compact(100000.0), "100k");
+        assert_eq!(compact(0.045), "0.045");
+        assert_eq!(compact(999.0), "999");
     }
 
     #[test]
