@@ -7,6 +7,12 @@
 # load: at full speed it is mostly queueing); totalEvents=N overrides the workload's count
 # (eventsPerSecond=20000 totalEvents=200000 scripts/bench.sh classic: 10 s).
 #
+# Each run's row also goes, tab-separated ("-" for no value), to BENCH_OUT/results.tsv
+# (BENCH_OUT defaults to target/bench/<UTC timestamp>); at the end bench-report turns it
+# into a Markdown table (runs, medians, floor multiples), printed and written to
+# results.md, and a chart beside it, chart.svg (events/s and server CPU per server and
+# workload, latency percentiles at the paced workload).
+#
 #   scripts/bench.sh [WORKLOAD ...]     default: classic 10k-clients deep-disorder broadcast-heavy
 #   RUNS=3 scripts/bench.sh classic     medians of three runs
 #   scripts/bench.sh adversarial        work per input byte of each attack (below)
@@ -24,7 +30,8 @@
 # Workloads: floor (the classic 10M events through floor-relay, which hands each line to one
 # client round-robin: no parsing, ordering or routing; run once, whatever SERVERS says; with
 # classic in the same invocation each server's classic CPU is also shown as a multiple of
-# it), classic (10M events, 100 clients, 1,000 users, batches of 100),
+# it), classic (10M events, 100 clients, 1,000 users, batches of 100), paced (the classic
+# shape, 1M events paced at eventsPerSecond=100000: latency at equal load, 10 s),
 # 10k-clients (2M events, 10,000 clients, 100,000 users), deep-disorder (2M events,
 # batches of 200,000), broadcast-heavy (2M events, 5% broadcasts), soak (100M events,
 # server RSS sampled every second). Each run gets a fresh server.
@@ -57,6 +64,7 @@ workload_env() {
     broadcast-heavy) echo "totalEvents=2000000 broadcastPermille=50" ;;
     soak) echo "scenario=soak totalEvents=100000000" ;;
     floor) echo "scenario=floor totalEvents=10000000 concurrencyLevel=100 numberOfUsers=1000" ;;
+    paced) echo "totalEvents=1000000 concurrencyLevel=100 numberOfUsers=1000 eventsPerSecond=100000" ;;
     *) echo "unknown workload: $1" >&2; exit 2 ;;
   esac
 }
@@ -100,6 +108,20 @@ field() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"; }
 cell() { local v; v=$(field "$1" "$2"); echo "${v:--}"; }
 
 row() { printf '%-12s %-16s %-6s %12s %14s %12s %14s %10s %9s %9s %9s %9s %s\n' "$@"; }
+
+BENCH_OUT=${BENCH_OUT:-target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
+TSV=$BENCH_OUT/results.tsv
+# Appends one run's cells to the TSV, which each invocation starts afresh (bench-report
+# refuses a run seen twice) at its first row: an adversarial-only invocation leaves none.
+tsv_row() {
+  if [ -z "${tsv_started:-}" ]; then
+    mkdir -p "$BENCH_OUT"
+    echo "server workload run events_per_s notifications_per_s server_cpu_s server_rss_kib" \
+      "sim_cpu_s p50_us p99_us p999_us max_us result" | tr ' ' '\t' >"$TSV"
+    tsv_started=1
+  fi
+  (IFS=$'\t'; echo "$*") >>"$TSV"
+}
 
 ADV_ATTACKS=${ADV_ATTACKS:-far-ahead far-ahead-max follow-storm disconnect-storm zero-padded chatty}
 
@@ -180,15 +202,16 @@ while IFS= read -r entry; do
       wait "$pid" 2>/dev/null || true
       elapsed=$(field elapsed_s "$summary")
       notes=$(field notifications "$summary")
-      nps=$(awk -v n="$notes" -v t="$elapsed" 'BEGIN { if (t > 0) printf "%.0f", n / t; else print 0 }')
+      nps=$(awk -v n="$notes" -v t="$elapsed" 'BEGIN { if (t > 0) printf "%.0f", n / t; else print "-" }')
       result=$(field result "$summary")
       # A run whose server CPU could not be read measured nothing: not a pass.
       [[ "$(field server_cpu_s "$summary")" =~ ^[0-9.]+$ ]] || result="fail(no-server-cpu)"
-      r=("$server_name" "$w" "$run" "$(field events_per_s "$summary")" "$nps" "$(field server_cpu_s "$summary")" \
-         "$(field server_peak_rss_kib "$summary")" "$(field sim_cpu_s "$summary")" \
+      r=("$server_name" "$w" "$run" "$(cell events_per_s "$summary")" "$nps" "$(cell server_cpu_s "$summary")" \
+         "$(cell server_peak_rss_kib "$summary")" "$(cell sim_cpu_s "$summary")" \
          "$(cell latency_p50_us "$summary")" "$(cell latency_p99_us "$summary")" \
          "$(cell latency_p999_us "$summary")" "$(cell latency_max_us "$summary")" "$result")
       row "${r[@]}"
+      tsv_row "${r[@]}"
       rows+=("${r[*]}")
       [ "$result" = pass ] || { echo "--- maze-sim:"; tail -5 "$log.sim"; }
       if [ "$w" = soak ]; then
@@ -198,7 +221,12 @@ while IFS= read -r entry; do
       fi
       rm -f "$log" "$log.sim"
     done
-    med() { printf '%s\n' "${rows[@]}" | awk -v c="$1" '{print $c}' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+    # The middle value, or the mean of the two middle ones (as bench-report); "-" for none.
+    med() {
+      printf '%s\n' "${rows[@]}" | awk -v c="$1" '$c != "-" {print $c}' | sort -g |
+        awk '{a[NR]=$1} END { if (NR == 0) print "-"; else if (NR % 2) print a[(NR+1)/2];
+          else printf "%.10g\n", (a[NR/2] + a[NR/2+1]) / 2 }'
+    }
     if [ "$RUNS" -gt 1 ]; then
       row "$server_name" "$w" median "$(med 4)" "$(med 5)" "$(med 6)" "$(med 7)" "$(med 8)" \
         "$(med 9)" "$(med 10)" "$(med 11)" "$(med 12)" "-"
@@ -211,6 +239,23 @@ if [ -n "${cpu_of[floor/floor]:-}" ]; then
   for key in "${!cpu_of[@]}"; do
     [ "${key#*/}" = classic ] || continue
     awk -v n="${key%%/*}" -v c="${cpu_of[$key]}" -v f="${cpu_of[floor/floor]}" \
-      'BEGIN { if (f > 0) printf "%s: classic server CPU %.2f s = %.2fx the floor (%.2f s)\n", n, c, c / f, f }'
+      'BEGIN { if (f > 0 && c != "-") printf "%s: classic server CPU %s s = %.2fx the floor (%s s)\n", n, c, c / f, f }'
   done
+fi
+# The report of every row above (the adversarial table is its own).
+if [ -n "${tsv_started:-}" ]; then
+  echo
+  table=$(./target/release/bench-report "$TSV" --svg "$BENCH_OUT/chart.svg")
+  echo "$table"
+  {
+    echo "# bench.sh ${workloads[*]}"
+    echo
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), RUNS=$RUNS${totalEvents:+ totalEvents=$totalEvents}${eventsPerSecond:+ eventsPerSecond=$eventsPerSecond}"
+    echo
+    echo "$table"
+    echo
+    echo "![events/s, server CPU and paced latency](chart.svg)"
+  } >"$BENCH_OUT/results.md"
+  echo
+  echo "results: $TSV $BENCH_OUT/results.md $BENCH_OUT/chart.svg"
 fi
