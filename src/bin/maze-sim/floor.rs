@@ -68,7 +68,7 @@ fn count(s: &Settings) -> Counted {
     };
     let (close_tx, close_rx) = std::sync::mpsc::channel();
     let gen = GenConfig::new(s.total, s.users, s.seed);
-    let sender = source::spawn(gen, send, latency::Stamps::default(), close_rx);
+    let sender = source::spawn(gen, send, latency::Stamps::default(), None, close_rx);
     let (mut lines, mut bytes) = (0u64, 0u64);
     let mut events = Events::with_capacity(1024);
     let mut chunk = vec![0u8; 64 * 1024];

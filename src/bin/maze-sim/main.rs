@@ -7,6 +7,7 @@
 
 mod adversarial;
 mod expected;
+mod feed;
 mod floor;
 mod gen;
 mod latency;
@@ -15,7 +16,7 @@ mod source;
 mod verify;
 
 use follower_maze::procfs;
-use gen::{Gen, GenConfig, Rng};
+use gen::{GenConfig, Rng};
 use model::Model;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -181,8 +182,8 @@ fn settings() -> Result<Settings, String> {
             _ => None,
         },
     };
-    if s.clients == 0 || s.users < s.clients || s.max_batch == 0 {
-        return Err("need concurrencyLevel >= 1, numberOfUsers >= concurrencyLevel, maxEventSourceBatchSize >= 1".into());
+    if s.clients == 0 || s.users < s.clients || s.users > u64::from(u32::MAX) || s.max_batch == 0 {
+        return Err("need concurrencyLevel >= 1, concurrencyLevel <= numberOfUsers <= 4294967295, maxEventSourceBatchSize >= 1".into());
     }
     Ok(s)
 }
@@ -368,7 +369,8 @@ fn run(s: &Settings) -> Outcome {
         .map(rss_sampler);
     for session in 0..sessions {
         let gen_cfg = gen_config(s, session, hot_user);
-        let mut model = Model::new(Gen::new(gen_cfg.clone()));
+        let (feed_tx, feed_rx) = feed::feed();
+        let mut model = Model::new(feed_rx);
         for &(u, i) in &watch {
             model.watch(u, i);
         }
@@ -387,7 +389,7 @@ fn run(s: &Settings) -> Outcome {
         let (close_tx, close_rx) = std::sync::mpsc::channel();
         let stamps = latency::Stamps::default();
         verifier.latency.restart(stamps.clone());
-        let sender = source::spawn(gen_cfg, send, stamps, close_rx);
+        let sender = source::spawn(gen_cfg, send, stamps, Some(feed_tx), close_rx);
         let mut churn_rng = Rng::new(s.seed ^ 0xc4);
         let result = verifier.run(&mut model, s.grace, |v| {
             // Churn: now and then one churner leaves, or comes back.

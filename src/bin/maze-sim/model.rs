@@ -4,20 +4,38 @@
 //! event to the connections it notifies. It runs lazily, only as far as the verifier
 //! needs, so its memory is the follow graph plus what clients have yet to receive.
 
+use crate::feed::FeedRx;
 use crate::gen::{Ev, Kind};
 use hashbrown::HashMap;
+
+/// Where the model's events come from: an iterator whose `None` may mean "not there
+/// yet" (the source has not got that far) rather than the end.
+pub trait EventSource: Iterator<Item = Ev> {
+    /// After `next` gave `None`: whether the stream is over.
+    fn ended(&self) -> bool {
+        true
+    }
+}
+
+impl EventSource for FeedRx {
+    fn ended(&self) -> bool {
+        FeedRx::ended(self)
+    }
+}
+
+impl EventSource for std::vec::IntoIter<Ev> {}
 
 /// The follow graph plus who is watched, stepping through a stream of events.
 pub struct Model<I> {
     events: I,
-    /// user -> its watched slot: who is watched is asked of every event.
-    slots: Slots,
+    /// user -> its watched slot + 1 (0: not watched): asked of every event.
+    slots: ByUser<u32, { 1 << 22 }>,
     /// slot -> indices of the watched connections of its user.
     conns: Vec<Vec<usize>>,
     /// user -> slots of that user's *watched* followers: only they can be notified, so
     /// the edges of users nobody watches are not kept (in the classic run, nine in ten).
     /// Few per user: a list, not a set.
-    followers: HashMap<u64, Vec<u32>>,
+    followers: ByUser<Vec<u32>, { 1 << 18 }>,
     /// Every watched connection index (broadcast).
     all: Vec<usize>,
     /// Seq of the last event stepped over (0 before the first).
@@ -25,13 +43,13 @@ pub struct Model<I> {
     pub exhausted: bool,
 }
 
-impl<I: Iterator<Item = Ev>> Model<I> {
+impl<I: EventSource> Model<I> {
     pub fn new(events: I) -> Self {
         Model {
             events,
-            slots: Slots::default(),
+            slots: ByUser::default(),
             conns: Vec::new(),
-            followers: HashMap::new(),
+            followers: ByUser::default(),
             all: Vec::new(),
             last_seq: 0,
             exhausted: false,
@@ -42,11 +60,11 @@ impl<I: Iterator<Item = Ev>> Model<I> {
     /// model keeps only watched users' follow edges.
     pub fn watch(&mut self, user: u64, conn: usize) {
         debug_assert_eq!(self.last_seq, 0, "watch before stepping");
-        let slot = match self.slots.get(user) {
+        let slot = match self.slot(user) {
             Some(slot) => slot,
             None => {
                 let slot = self.conns.len() as u32;
-                self.slots.insert(user, slot);
+                *self.slots.entry(user) = slot + 1;
                 self.conns.push(Vec::new());
                 slot
             }
@@ -56,44 +74,40 @@ impl<I: Iterator<Item = Ev>> Model<I> {
     }
 
     /// Steps one event: fills `out` with the watched connections it notifies and returns
-    /// it; `None` when the stream is over. Omitted events (gaps) are stepped over without
-    /// being applied: the server never sees them.
+    /// it; `None` when no event is there yet, or the stream is over (`exhausted`).
+    /// Omitted events (gaps) are stepped over without being applied: the server never
+    /// sees them.
     pub fn step(&mut self, out: &mut Vec<usize>) -> Option<Ev> {
         out.clear();
         let Some(ev) = self.events.next() else {
-            self.exhausted = true;
+            self.exhausted = self.events.ended();
             return None;
         };
         self.last_seq = ev.seq;
         if ev.omitted {
             return Some(ev);
         }
-        let conns_of = |u: u64, out: &mut Vec<usize>| {
-            if let Some(slot) = self.slots.get(u) {
-                out.extend_from_slice(&self.conns[slot as usize]);
-            }
-        };
         match ev.kind {
             Kind::Follow => {
-                if let Some(slot) = self.slots.get(ev.from) {
-                    let f = self.followers.entry(ev.to).or_default();
+                if let Some(slot) = self.slot(ev.from) {
+                    let f = self.followers.entry(ev.to);
                     if !f.contains(&slot) {
                         f.push(slot);
                     }
                 }
-                conns_of(ev.to, out);
+                self.conns_of(ev.to, out);
             }
             Kind::Unfollow => {
-                if let Some(slot) = self.slots.get(ev.from) {
-                    if let Some(f) = self.followers.get_mut(&ev.to) {
+                if let Some(slot) = self.slot(ev.from) {
+                    if let Some(f) = self.followers.get_mut(ev.to) {
                         f.retain(|&s| s != slot);
                     }
                 }
             }
             Kind::Broadcast => out.extend_from_slice(&self.all),
-            Kind::Private => conns_of(ev.to, out),
+            Kind::Private => self.conns_of(ev.to, out),
             Kind::Status => {
-                if let Some(f) = self.followers.get(&ev.from) {
+                if let Some(f) = self.followers.get(ev.from) {
                     for &slot in f {
                         out.extend_from_slice(&self.conns[slot as usize]);
                     }
@@ -103,40 +117,64 @@ impl<I: Iterator<Item = Ev>> Model<I> {
         }
         Some(ev)
     }
-}
 
-/// user -> slot: a table for ids below `DENSE` (every generated id, unless users are
-/// counted in millions), a map above.
-#[derive(Default)]
-struct Slots {
-    /// slot + 1 per user id; 0: not watched.
-    dense: Vec<u32>,
-    sparse: HashMap<u64, u32>,
-}
-
-/// Ids below this are looked up in a table (at most 16 MiB of it).
-const DENSE: u64 = 1 << 22;
-
-impl Slots {
-    #[inline]
-    fn get(&self, user: u64) -> Option<u32> {
-        match self.dense.get(user as usize) {
-            Some(&s) => s.checked_sub(1),
-            None if user < DENSE || self.sparse.is_empty() => None,
-            None => self.sparse.get(&user).copied(),
+    fn conns_of(&self, user: u64, out: &mut Vec<usize>) {
+        if let Some(slot) = self.slot(user) {
+            out.extend_from_slice(&self.conns[slot as usize]);
         }
     }
 
-    fn insert(&mut self, user: u64, slot: u32) {
-        if user < DENSE {
-            let i = user as usize;
-            if self.dense.len() <= i {
-                self.dense.resize(i + 1, 0);
-            }
-            self.dense[i] = slot + 1;
-        } else {
-            self.sparse.insert(user, slot);
+    #[inline]
+    fn slot(&self, user: u64) -> Option<u32> {
+        self.slots.get(user).and_then(|s| s.checked_sub(1))
+    }
+}
+
+/// Per user id: a table for ids below `DENSE` (every generated id, unless users are
+/// counted in hundreds of thousands or millions), a map above. Each is asked of most
+/// events, and a map's lookups missed the cache.
+struct ByUser<T, const DENSE: u64> {
+    dense: Vec<T>,
+    sparse: HashMap<u64, T>,
+}
+
+impl<T, const DENSE: u64> Default for ByUser<T, DENSE> {
+    fn default() -> Self {
+        ByUser {
+            dense: Vec::new(),
+            sparse: HashMap::new(),
         }
+    }
+}
+
+impl<T: Default, const DENSE: u64> ByUser<T, DENSE> {
+    #[inline]
+    fn get(&self, user: u64) -> Option<&T> {
+        match self.dense.get(user as usize) {
+            Some(v) => Some(v),
+            None if user < DENSE || self.sparse.is_empty() => None,
+            None => self.sparse.get(&user),
+        }
+    }
+
+    fn get_mut(&mut self, user: u64) -> Option<&mut T> {
+        match self.dense.get_mut(user as usize) {
+            Some(v) => Some(v),
+            None if user < DENSE => None,
+            None => self.sparse.get_mut(&user),
+        }
+    }
+
+    /// The value of `user`, made (default) if there was none.
+    fn entry(&mut self, user: u64) -> &mut T {
+        if user >= DENSE {
+            return self.sparse.entry(user).or_default();
+        }
+        let i = user as usize;
+        if self.dense.len() <= i {
+            self.dense.resize_with(i + 1, T::default);
+        }
+        &mut self.dense[i]
     }
 }
 
@@ -210,6 +248,9 @@ mod tests {
             ev(5, Kind::Private, 5, 7),
         ];
         let got = run(events, &[big, 7, 4_194_304]);
+        // Followers above the table too.
+        let events = vec![ev(1, Kind::Follow, 7, big), ev(2, Kind::Status, big, 0)];
+        assert_eq!(run(events, &[7])[0], vec![2]);
         assert_eq!(got[0], vec![2, 3]);
         assert_eq!(got[1], vec![5]);
         assert_eq!(got[2], vec![4]);

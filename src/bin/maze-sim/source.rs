@@ -2,6 +2,7 @@
 //! out of order, the classic way (random batch sizes 1..=max, each batch shuffled and
 //! written), with the scenario's extras (junk lines, tiny writes).
 
+use crate::feed::FeedTx;
 use crate::gen::{Gen, GenConfig, Rng};
 use crate::latency::Stamps;
 use std::io::{self, Write};
@@ -29,18 +30,20 @@ pub struct SendConfig {
 }
 
 /// Connects, sends every event, then holds the connection open until `close` fires (a
-/// closing source ends the session, which would skip gaps at once). Returns the number of
-/// events and bytes sent.
+/// closing source ends the session, which would skip gaps at once). Every event generated
+/// (sent or omitted) goes to `feed`, if given, before it is written. Returns the number
+/// of events and bytes sent.
 pub fn spawn(
     gen: GenConfig,
     send: SendConfig,
     stamps: Stamps,
+    feed: Option<FeedTx>,
     close: Receiver<()>,
 ) -> JoinHandle<io::Result<(u64, u64)>> {
     std::thread::spawn(move || {
         let mut stream = TcpStream::connect(send.addr)?;
         stream.set_nodelay(true)?;
-        let sent = stream_events(&mut stream, gen, &send, &stamps)?;
+        let sent = stream_events(&mut stream, gen, &send, &stamps, feed)?;
         let _ = close.recv();
         Ok(sent)
     })
@@ -51,9 +54,10 @@ fn stream_events(
     gen: GenConfig,
     send: &SendConfig,
     stamps: &Stamps,
+    feed: Option<FeedTx>,
 ) -> io::Result<(u64, u64)> {
     let mut rng = Rng::new(send.seed ^ 0x5eed);
-    let mut events = Gen::new(gen).filter(|e| !e.omitted);
+    let mut events = Gen::new(gen);
     let mut batch = Vec::with_capacity(send.max_batch);
     let mut out = Out {
         stream,
@@ -62,6 +66,7 @@ fn stream_events(
         written: 0,
         complete: 0,
         stamps,
+        feed,
     };
     let mut count = 0u64;
     let started = std::time::Instant::now();
@@ -77,7 +82,15 @@ fn stream_events(
             _ => send.max_batch,
         };
         let size = 1 + rng.below(max.max(1) as u64) as usize;
-        batch.extend(events.by_ref().take(size));
+        while batch.len() < size {
+            let Some(e) = events.next() else { break };
+            if let Some(feed) = out.feed.as_mut() {
+                feed.push(e);
+            }
+            if !e.omitted {
+                batch.push(e);
+            }
+        }
         if batch.is_empty() {
             out.flush(&mut rng)?;
             return Ok((count, out.written));
@@ -124,11 +137,16 @@ struct Out<'a> {
     /// are written, every seq up to it has been.
     complete: u64,
     stamps: &'a Stamps,
+    /// The model's copy of the stream: handed over before each write.
+    feed: Option<FeedTx>,
 }
 
 impl Out<'_> {
     /// Writes what waits, and stamps the batches now written in full.
     fn flush(&mut self, rng: &mut Rng) -> io::Result<()> {
+        if let Some(feed) = self.feed.as_mut() {
+            feed.hand_over();
+        }
         if self.fragment {
             let mut rest = &self.bytes[..];
             while !rest.is_empty() {

@@ -10,9 +10,9 @@
 //! A failure names the connection, its user, the position, and expected vs. got.
 
 use crate::expected::Owed;
-use crate::gen::{Ev, MAX_LINE};
+use crate::gen::MAX_LINE;
 use crate::latency::Latency;
-use crate::model::Model;
+use crate::model::{EventSource, Model};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use std::io::{self, Read};
@@ -131,7 +131,7 @@ impl Verifier {
 
     /// Runs until every `Exact` connection has received everything the model expects
     /// (and nothing more for `grace`), or fails. `tick` is called about every 50 ms.
-    pub fn run<I: Iterator<Item = Ev>>(
+    pub fn run<I: EventSource>(
         &mut self,
         model: &mut Model<I>,
         grace: Duration,
@@ -186,16 +186,16 @@ impl Verifier {
 
     /// While no exact connection waits for anything, step the model: events that notify
     /// no watched connection need no reply, and the end of the stream must be reached.
-    fn advance_idle<I: Iterator<Item = Ev>>(&mut self, model: &mut Model<I>) {
-        while !model.exhausted && self.exact_done() {
-            self.step(model);
-        }
+    fn advance_idle<I: EventSource>(&mut self, model: &mut Model<I>) {
+        while !model.exhausted && self.exact_done() && self.step(model) {}
     }
 
     /// One event of the model: its line, rendered once, is owed to each recipient.
-    fn step<I: Iterator<Item = Ev>>(&mut self, model: &mut Model<I>) {
+    /// Returns false when no event was there (yet).
+    fn step<I: EventSource>(&mut self, model: &mut Model<I>) -> bool {
         let mut recipients = std::mem::take(&mut self.recipients);
-        if let Some(ev) = model.step(&mut recipients) {
+        let stepped = model.step(&mut recipients);
+        if let Some(ev) = stepped {
             if !recipients.is_empty() {
                 let mut line = [0u8; MAX_LINE];
                 let start = ev.render(&mut line);
@@ -212,20 +212,17 @@ impl Verifier {
             }
         }
         self.recipients = recipients;
+        stepped.is_some()
     }
 
-    fn read<I: Iterator<Item = Ev>>(
-        &mut self,
-        i: usize,
-        model: &mut Model<I>,
-    ) -> Result<(), Failure> {
+    fn read<I: EventSource>(&mut self, i: usize, model: &mut Model<I>) -> Result<(), Failure> {
         let mut scratch = std::mem::take(&mut self.scratch);
         let result = self.read_with(i, model, &mut scratch);
         self.scratch = scratch;
         result
     }
 
-    fn read_with<I: Iterator<Item = Ev>>(
+    fn read_with<I: EventSource>(
         &mut self,
         i: usize,
         model: &mut Model<I>,
@@ -277,7 +274,7 @@ impl Verifier {
     }
 
     /// A suffix connection's first line: lines before its seq are not owed to it.
-    fn start<I: Iterator<Item = Ev>>(
+    fn start<I: EventSource>(
         &mut self,
         i: usize,
         first: &[u8],
@@ -296,9 +293,7 @@ impl Verifier {
                     ),
                 )
             })?;
-        while !model.exhausted && model.last_seq < seq {
-            self.step(model);
-        }
+        while !model.exhausted && model.last_seq < seq && self.step(model) {}
         let w = &mut self.conns[i];
         w.expected.skip_below(seq);
         w.started = true;
@@ -307,15 +302,18 @@ impl Verifier {
 
     /// Received bytes against the lines owed, in order, a read at a time: one `memcmp`,
     /// no line splitting (a line cut by a read goes on in the next).
-    fn compare<I: Iterator<Item = Ev>>(
+    fn compare<I: EventSource>(
         &mut self,
         i: usize,
         data: &[u8],
         model: &mut Model<I>,
     ) -> Result<(), Failure> {
-        while self.conns[i].expected.unmatched().len() < data.len() && !model.exhausted {
-            self.step(model);
-        }
+        // Every line the server can have sent is an event handed over already (see
+        // feed.rs): owed bytes short of the data mean a failure, not a wait.
+        while self.conns[i].expected.unmatched().len() < data.len()
+            && !model.exhausted
+            && self.step(model)
+        {}
         let w = &mut self.conns[i];
         let owed = w.expected.unmatched();
         let n = owed.len().min(data.len());
@@ -431,7 +429,7 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gen::Kind;
+    use crate::gen::{Ev, Kind};
     use std::io::Write;
     use std::net::{TcpListener, TcpStream as StdStream};
 

@@ -1,0 +1,133 @@
+//! The generated stream, handed from the source's thread to the verifier's model in
+//! blocks, so the stream is generated once (a second generator in the model cost as much
+//! as everything else the verifier does per event).
+//!
+//! The source hands over a block before it writes any of its events, so every line the
+//! server can have sent is in a block the model can take: the model never waits, and a
+//! block not there yet means only that the source has not got that far. The model is
+//! never more than [`BLOCKS`] blocks behind the source (the source waits, which it does
+//! only if the verifier's clients lag the source by that much); emptied blocks go back
+//! to the source to be filled again.
+
+use crate::gen::Ev;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+
+/// Blocks handed over and not yet taken, at most.
+const BLOCKS: usize = 256;
+
+/// The source's end.
+pub struct FeedTx {
+    block: Vec<Ev>,
+    tx: SyncSender<Vec<Ev>>,
+    spent: Receiver<Vec<Ev>>,
+}
+
+/// The model's end: an iterator of the events handed over so far.
+pub struct FeedRx {
+    block: Vec<Ev>,
+    /// Events of `block` taken.
+    taken: usize,
+    rx: Receiver<Vec<Ev>>,
+    spent: SyncSender<Vec<Ev>>,
+    ended: bool,
+}
+
+pub fn feed() -> (FeedTx, FeedRx) {
+    let (tx, rx) = sync_channel(BLOCKS);
+    let (spent_tx, spent_rx) = sync_channel(BLOCKS);
+    (
+        FeedTx {
+            block: Vec::new(),
+            tx,
+            spent: spent_rx,
+        },
+        FeedRx {
+            block: Vec::new(),
+            taken: 0,
+            rx,
+            spent: spent_tx,
+            ended: false,
+        },
+    )
+}
+
+impl FeedTx {
+    pub fn push(&mut self, ev: Ev) {
+        self.block.push(ev);
+    }
+
+    /// Hands over what was pushed (before the source writes it).
+    pub fn hand_over(&mut self) {
+        if self.block.is_empty() {
+            return;
+        }
+        let next = self.spent.try_recv().unwrap_or_default();
+        let block = std::mem::replace(&mut self.block, next);
+        // The model gone (the run failed) is no reason for the source to stop.
+        let _ = self.tx.send(block);
+    }
+}
+
+impl FeedRx {
+    /// Whether the source has handed over its last event and all were taken.
+    pub fn ended(&self) -> bool {
+        self.ended && self.taken == self.block.len()
+    }
+}
+
+impl Iterator for FeedRx {
+    type Item = Ev;
+
+    /// The next event handed over; `None` when none is there yet, or none will be
+    /// ([`FeedRx::ended`] tells which).
+    fn next(&mut self) -> Option<Ev> {
+        loop {
+            if let Some(&ev) = self.block.get(self.taken) {
+                self.taken += 1;
+                return Some(ev);
+            }
+            let next = match self.rx.try_recv() {
+                Ok(block) => block,
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Disconnected) => {
+                    self.ended = true;
+                    return None;
+                }
+            };
+            let mut spent = std::mem::replace(&mut self.block, next);
+            self.taken = 0;
+            spent.clear();
+            let _ = self.spent.try_send(spent);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gen::Kind;
+
+    #[test]
+    fn events_arrive_in_order_once_handed_over_and_the_end_is_told_apart() {
+        let (mut tx, mut rx) = feed();
+        assert_eq!(rx.next(), None);
+        assert!(!rx.ended(), "nothing yet is not the end");
+        for seq in 1..=5 {
+            tx.push(Ev::new(seq, Kind::Broadcast, 0, 0));
+        }
+        assert_eq!(rx.next(), None, "pushed, not handed over");
+        tx.hand_over();
+        tx.push(Ev::new(6, Kind::Broadcast, 0, 0));
+        tx.hand_over();
+        let seqs: Vec<u64> = rx.by_ref().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+        assert!(!rx.ended());
+        tx.push(Ev::new(7, Kind::Broadcast, 0, 0));
+        tx.hand_over();
+        drop(tx);
+        assert_eq!(rx.next().map(|e| e.seq), Some(7));
+        assert!(!rx.ended());
+        assert_eq!(rx.next(), None);
+        assert!(rx.ended());
+    }
+}
