@@ -145,10 +145,11 @@ pub struct GenConfig {
 }
 
 impl GenConfig {
+    /// `users` is clamped to 1..=u32::MAX.
     pub fn new(total: u64, users: u64, seed: u64) -> GenConfig {
         GenConfig {
             total,
-            users: users.max(1),
+            users: users.clamp(1, u64::from(u32::MAX)),
             seed,
             noop_every: 0,
             gaps: Vec::new(),
@@ -166,9 +167,10 @@ pub struct Gen {
     rng: Rng,
     seq: u64,
     /// The follow graph's edges, for picking one at random, and as a set, for not
-    /// adding one twice.
-    edges: Vec<(u64, u64)>,
-    edge_set: HashSet<(u64, u64)>,
+    /// adding one twice: `from << 32 | to` (ids fit 32 bits: `GenConfig::new`), half the
+    /// bytes of a pair, and the set is looked up at random on every follow.
+    edges: Vec<u64>,
+    edge_set: HashSet<u64>,
 }
 
 impl Gen {
@@ -198,7 +200,7 @@ impl Gen {
         let i = self.rng.below(self.edges.len() as u64) as usize;
         let edge = self.edges.swap_remove(i);
         self.edge_set.remove(&edge);
-        Some(edge)
+        Some((edge >> 32, edge & u64::from(u32::MAX)))
     }
 
     fn is_omitted(&self, seq: u64) -> bool {
@@ -245,8 +247,9 @@ impl Iterator for Gen {
                     }
                 }
                 let (from, to) = (self.uniform_user(), self.popular_user());
-                if from != to && self.edge_set.insert((from, to)) {
-                    self.edges.push((from, to));
+                let edge = from << 32 | to;
+                if from != to && self.edge_set.insert(edge) {
+                    self.edges.push(edge);
                 }
                 ev(Kind::Follow, from, to)
             }
