@@ -1,8 +1,9 @@
 //! The event generator: a deterministic stream of events in seq order, from a seed.
 //!
-//! The event source and the verifier's model each run their own copy with the same
-//! settings, so nothing is kept in memory between them: generation streams, and 100M
-//! events cost no more memory than 1,000.
+//! The event source runs it and hands each block of events to the verifier's model
+//! (feed.rs) before writing it: generation streams, and 100M events cost no more memory
+//! than 1,000. Two generators with the same settings yield the same stream (the tests
+//! rely on it).
 //!
 //! The mix (shares of events, before scenario extras):
 //! broadcast 0.5% (`broadcastPermille`), and of the rest follow 20.1%, unfollow 8%,
