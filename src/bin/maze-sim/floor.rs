@@ -1,10 +1,14 @@
 //! Scenario `floor`: the classic stream to `floor-relay` (`src/bin/floor-relay.rs`), which
-//! hands each line to one client round-robin; the clients here only count lines. Passes
+//! hands each line to one client round-robin; the clients here count lines and time them
+//! like the verifier does (each line's seq against the source's write stamps). Passes
 //! when as many lines arrived, in all, as events were sent. With `--server-pid`, the
-//! relay's CPU is the floor every server of this protocol is measured against.
+//! relay's CPU is the floor every server of this protocol is measured against, and, paced
+//! (`eventsPerSecond`), its latency is the instrument's own floor: what any server's
+//! figure includes that is not the server's.
 
 use crate::gen::{GenConfig, Rng};
-use crate::{latency, pick_users, proc_cpu_s, report, source, verdict, Settings};
+use crate::latency::{self, Latency};
+use crate::{pick_users, proc_cpu_s, report, source, verdict, Settings};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use std::io::{Read, Write};
@@ -13,25 +17,27 @@ use std::time::{Duration, Instant};
 
 pub fn main(s: &Settings) -> ExitCode {
     let started = Instant::now();
-    let (lines, bytes, outcome) = match count(s) {
+    let mut latency = Latency::new();
+    let (lines, bytes, outcome) = match count(s, &mut latency) {
         Ok((lines, bytes)) => (lines, bytes, Ok(())),
         Err((lines, bytes, why)) => (lines, bytes, Err(why)),
     };
     let elapsed = started.elapsed().as_secs_f64();
     let result = verdict(&outcome);
     let summary = format!(
-        "result={result} scenario=floor events={} notifications={lines} bytes={bytes} elapsed_s={elapsed:.3} events_per_s={:.0} sim_cpu_s={:.2}",
+        "result={result} scenario=floor events={} notifications={lines} bytes={bytes} elapsed_s={elapsed:.3} events_per_s={:.0} sim_cpu_s={:.2} {}",
         s.total,
         s.total as f64 / elapsed.max(1e-9),
         proc_cpu_s("self").unwrap_or(0.0),
+        latency::summary(latency.total(), "latency_"),
     );
     report(summary, s.server_pid, outcome.is_ok())
 }
 
 type Counted = Result<(u64, u64), (u64, u64, String)>;
 
-/// Connects the clients, streams the events, counts lines until all arrived.
-fn count(s: &Settings) -> Counted {
+/// Connects the clients, streams the events, counts and times lines until all arrived.
+fn count(s: &Settings, latency: &mut Latency) -> Counted {
     let err = |why: String| (0, 0, why);
     let addr = |port: u16| format!("{}:{port}", s.host).parse::<std::net::SocketAddr>();
     let (Ok(events_addr), Ok(clients_addr)) = (addr(s.event_port), addr(s.client_port)) else {
@@ -68,7 +74,12 @@ fn count(s: &Settings) -> Counted {
     };
     let (close_tx, close_rx) = std::sync::mpsc::channel();
     let gen = GenConfig::new(s.total, s.users, s.seed);
-    let sender = source::spawn(gen, send, latency::Stamps::default(), None, close_rx);
+    let stamps = latency::Stamps::default();
+    latency.restart(stamps.clone());
+    let sender = source::spawn(gen, send, stamps, None, close_rx);
+    // Per client: its latency cursor, and a line cut by a read.
+    let mut cursors = vec![0u64; conns.len()];
+    let mut tails = vec![Vec::new(); conns.len()];
     let (mut lines, mut bytes) = (0u64, 0u64);
     let mut events = Events::with_capacity(1024);
     let mut chunk = vec![0u8; 64 * 1024];
@@ -82,14 +93,27 @@ fn count(s: &Settings) -> Counted {
         poll.poll(&mut events, Some(Duration::from_millis(50)))
             .map_err(|e| (lines, bytes, e.to_string()))?;
         for ev in events.iter() {
-            let c = &mut conns[ev.token().0];
+            let i = ev.token().0;
             loop {
-                match c.read(&mut chunk) {
+                match conns[i].read(&mut chunk) {
                     Ok(0) => break,
                     Ok(n) => {
                         bytes += n as u64;
-                        lines += memchr::memchr_iter(b'\n', &chunk[..n]).count() as u64;
                         progress = Instant::now();
+                        latency.sync();
+                        let (data, tail) = (&chunk[..n], &mut tails[i]);
+                        let mut start = 0;
+                        for end in memchr::memchr_iter(b'\n', data) {
+                            tail.extend_from_slice(&data[start..end]);
+                            if let Some(seq) = leading_seq(tail) {
+                                latency.line(seq, progress, &mut cursors[i]);
+                            }
+                            tail.clear();
+                            lines += 1;
+                            start = end + 1;
+                        }
+                        tail.extend_from_slice(&data[start..]);
+                        latency.record(progress);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -108,4 +132,10 @@ fn count(s: &Settings) -> Counted {
         ));
     }
     Ok((lines, bytes))
+}
+
+/// The seq a line starts with, if it does.
+fn leading_seq(line: &[u8]) -> Option<u64> {
+    let end = line.iter().position(|&b| b == b'|')?;
+    std::str::from_utf8(&line[..end]).ok()?.parse().ok()
 }
