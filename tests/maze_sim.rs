@@ -268,7 +268,7 @@ fn growing_disorder_and_a_paused_source_lose_nothing() {
 }
 
 /// The floor workload's relay and scenario: every line of the stream reaches some client,
-/// and the relay's CPU is measured (bench.sh's `floor`).
+/// and the relay's CPU and latency are measured (bench.sh's `floor`).
 #[test]
 fn the_floor_relay_hands_every_line_to_a_client() {
     let free = || {
@@ -320,4 +320,8 @@ fn the_floor_relay_hands_every_line_to_a_client() {
         field(summary, "server_cpu_s").parse::<f64>().is_ok(),
         "{summary}"
     );
+    // Every line is timed (the instrument's own latency floor, paced).
+    let us = |k: &str| field(summary, k).parse::<u64>().unwrap();
+    assert!(us("latency_p50_us") >= 1, "{summary}");
+    assert!(us("latency_p50_us") <= us("latency_max_us"), "{summary}");
 }
