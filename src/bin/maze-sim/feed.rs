@@ -5,21 +5,27 @@
 //! The source hands over a block before it writes any of its events, so every line the
 //! server can have sent is in a block the model can take: the model never waits, and a
 //! block not there yet means only that the source has not got that far. The model is
-//! never more than [`BLOCKS`] blocks behind the source (the source waits, which it does
-//! only if the verifier's clients lag the source by that much); emptied blocks go back
-//! to the source to be filled again.
+//! never more than [`MAX_WAITING`] events behind the source (40 MB of them; the source
+//! waits, which it does only if the verifier's clients lag the source by that much, more
+//! than the server's own window holds); emptied blocks go back to the source to be
+//! filled again.
 
 use crate::gen::Ev;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Blocks handed over and not yet taken, at most.
-const BLOCKS: usize = 256;
+/// Events handed over and not yet taken, at most (counted, not blocks: blocks are a
+/// write's worth, from one paced batch to 60 KiB of events).
+const MAX_WAITING: usize = 1 << 20;
 
 /// The source's end.
 pub struct FeedTx {
     block: Vec<Ev>,
-    tx: SyncSender<Vec<Ev>>,
+    tx: Sender<Vec<Ev>>,
     spent: Receiver<Vec<Ev>>,
+    waiting: Arc<AtomicUsize>,
 }
 
 /// The model's end: an iterator of the events handed over so far.
@@ -28,24 +34,28 @@ pub struct FeedRx {
     /// Events of `block` taken.
     taken: usize,
     rx: Receiver<Vec<Ev>>,
-    spent: SyncSender<Vec<Ev>>,
+    spent: Sender<Vec<Ev>>,
+    waiting: Arc<AtomicUsize>,
     ended: bool,
 }
 
 pub fn feed() -> (FeedTx, FeedRx) {
-    let (tx, rx) = sync_channel(BLOCKS);
-    let (spent_tx, spent_rx) = sync_channel(BLOCKS);
+    let (tx, rx) = channel();
+    let (spent_tx, spent_rx) = channel();
+    let waiting = Arc::new(AtomicUsize::new(0));
     (
         FeedTx {
             block: Vec::new(),
             tx,
             spent: spent_rx,
+            waiting: waiting.clone(),
         },
         FeedRx {
             block: Vec::new(),
             taken: 0,
             rx,
             spent: spent_tx,
+            waiting,
             ended: false,
         },
     )
@@ -61,6 +71,13 @@ impl FeedTx {
         if self.block.is_empty() {
             return;
         }
+        // (Unless the model is gone: then nothing will be taken.)
+        while self.waiting.load(Ordering::Acquire) > MAX_WAITING
+            && Arc::strong_count(&self.waiting) > 1
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.waiting.fetch_add(self.block.len(), Ordering::AcqRel);
         let next = self.spent.try_recv().unwrap_or_default();
         let block = std::mem::replace(&mut self.block, next);
         // The model gone (the run failed) is no reason for the source to stop.
@@ -94,10 +111,11 @@ impl Iterator for FeedRx {
                     return None;
                 }
             };
+            self.waiting.fetch_sub(next.len(), Ordering::AcqRel);
             let mut spent = std::mem::replace(&mut self.block, next);
             self.taken = 0;
             spent.clear();
-            let _ = self.spent.try_send(spent);
+            let _ = self.spent.send(spent);
         }
     }
 }
@@ -129,5 +147,30 @@ mod tests {
         assert!(!rx.ended());
         assert_eq!(rx.next(), None);
         assert!(rx.ended());
+    }
+
+    #[test]
+    fn the_source_waits_for_the_model_but_not_for_one_that_is_gone() {
+        let (mut tx, mut rx) = feed();
+        for seq in 0..MAX_WAITING as u64 + 1 {
+            tx.push(Ev::new(seq, Kind::Broadcast, 0, 0));
+        }
+        tx.hand_over(); // over the bound now
+        let source = std::thread::spawn(move || {
+            tx.push(Ev::new(0, Kind::Broadcast, 0, 0));
+            tx.hand_over(); // waits until the model takes a block
+            tx
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!source.is_finished(), "the source did not wait");
+        assert!(rx.next().is_some()); // takes the big block
+        let mut tx = source.join().unwrap();
+        for seq in 0..MAX_WAITING as u64 + 1 {
+            tx.push(Ev::new(seq, Kind::Broadcast, 0, 0));
+        }
+        tx.hand_over();
+        drop(rx); // the run failed: the model is gone
+        tx.push(Ev::new(0, Kind::Broadcast, 0, 0));
+        tx.hand_over(); // returns
     }
 }

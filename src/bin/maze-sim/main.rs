@@ -404,6 +404,8 @@ fn run(s: &Settings) -> Outcome {
                 }
             }
         });
+        // The model goes first: a source waiting for it to catch up stops waiting.
+        drop(model);
         let _ = close_tx.send(());
         let sent = match sender.join() {
             Ok(Ok((events, _bytes))) => events,
