@@ -27,6 +27,9 @@ pub struct Config {
     pub total_buffer_limit: usize,
     /// A client with pending output that takes no bytes this long is disconnected.
     pub stall_timeout: Duration,
+    /// Output below the write threshold waits at most this long for more to join it (one
+    /// `write` for several loop turns' notifications); zero: written at the end of the turn.
+    pub flush_delay: Duration,
     /// A connection must send its id within this.
     pub auth_timeout: Duration,
     pub max_clients: usize,
@@ -52,6 +55,7 @@ impl Default for Config {
             client_buffer_limit: 1 << 20,
             total_buffer_limit: 8 << 20,
             stall_timeout: Duration::from_millis(5000),
+            flush_delay: Duration::ZERO,
             auth_timeout: Duration::from_millis(5000),
             max_clients: 10_000,
             max_unidentified: 1024,
@@ -102,6 +106,9 @@ Options (flag, environment variable, default):
   --total-buffer-limit N                        8388608  bytes pending over all clients
                                                        before event sources are paused
   --stall-timeout-ms N                          5000   drop a client that takes no bytes
+  --flush-delay-us N                            0      output under 8 KiB waits at most this
+                                                       for more (fewer writes); 0 = written
+                                                       at the end of every loop turn
   --auth-timeout-ms N                           5000   drop a connection with no id by then
   --max-clients N                               10000  connections beyond are closed at once
   --max-unidentified N                          max-clients/2, at most 1024: connections
@@ -188,6 +195,16 @@ where
             "--client-buffer-limit" => c.client_buffer_limit = positive(&value()?, &flag)?,
             "--total-buffer-limit" => c.total_buffer_limit = positive(&value()?, &flag)?,
             "--stall-timeout-ms" => c.stall_timeout = required_millis(&value()?, &flag)?,
+            "--flush-delay-us" => {
+                let us: u64 = number(&value()?, &flag)?;
+                if us > MAX_DURATION.as_micros() as u64 {
+                    return Err(format!(
+                        "{flag} must be at most {}",
+                        MAX_DURATION.as_micros()
+                    ));
+                }
+                c.flush_delay = Duration::from_micros(us);
+            }
             "--auth-timeout-ms" => c.auth_timeout = required_millis(&value()?, &flag)?,
             "--max-clients" => c.max_clients = number(&value()?, &flag)?,
             "--metrics-addr" => {
@@ -313,6 +330,8 @@ mod tests {
                 "8192",
                 "--stall-timeout-ms",
                 "10",
+                "--flush-delay-us",
+                "1500",
                 "--auth-timeout-ms",
                 "20",
                 "--max-clients",
@@ -340,6 +359,7 @@ mod tests {
         assert_eq!(c.client_buffer_limit, 4096);
         assert_eq!(c.total_buffer_limit, 8192);
         assert_eq!(c.stall_timeout, Duration::from_millis(10));
+        assert_eq!(c.flush_delay, Duration::from_micros(1500));
         assert_eq!(c.auth_timeout, Duration::from_millis(20));
         assert_eq!(c.max_clients, 3);
         assert_eq!(c.max_unidentified, 2);
@@ -388,6 +408,8 @@ mod tests {
             &["--stats-interval-s", "31536001"],
             &["--gap-timeout-ms", "31536000001"],
             &["--stall-timeout-ms", "18446744073709551615"],
+            &["--flush-delay-us", "31536000000001"],
+            &["--flush-delay-us", "-1"],
             &["--event-port", "5", "--client-port", "5"],
         ] {
             let err = run(args, &[]).unwrap_err();

@@ -50,13 +50,14 @@ pub struct Conn {
     pub out: OutBuf,
     /// Flagged for removal after the current dispatch; receives nothing more.
     pub closing: bool,
-    /// Listed in the server's dirty list (has output appended since the last flush).
+    /// Listed in the server's dirty list (has output not yet handed to a write).
     pub dirty: bool,
     /// Pending output is above the client buffer limit (counted in the server).
     pub over_limit: bool,
     /// The last write left bytes behind: no more writes until the socket is writable.
     pub blocked: bool,
-    /// Since when the socket took no bytes while output was pending.
+    /// Since when the socket took no bytes while output was pending (or, while the first
+    /// write of it waits for the flush delay, when that write is due).
     pub stalled_since: Instant,
     /// An identified client ended its input (half-close): it is no longer read, and still
     /// written to until a write fails or the socket reports a hang-up.

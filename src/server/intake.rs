@@ -222,7 +222,7 @@ impl Server {
             conn.blocked = false;
         }
         if writable && conn.out.pending() > 0 {
-            self.mark_dirty(key);
+            self.mark_dirty(key, now);
         }
         let conn = &mut self.conns[key];
         match conn.role {

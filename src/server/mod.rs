@@ -9,7 +9,9 @@
 //!    the sources have nothing more, the turn's read budget is spent, or pending output
 //!    is over a limit (backpressure); a client buffer about to pass `WRITE_AT` is
 //!    written on the spot, so buffers stay small however long the turn;
-//! 4. flush: one `write` per connection that got output this turn;
+//! 4. flush: one `write` per connection whose output is due: at the end of the turn it
+//!    got it, or with `--flush-delay-us` once that has passed since it became pending
+//!    (sooner at `WRITE_AT`, at session end, at shutdown and under backpressure);
 //! 5. reap: connections flagged for closing during the turn are removed (never in the
 //!    middle of a dispatch, so no key goes stale under anyone's feet).
 //!
@@ -90,6 +92,13 @@ pub use metrics::Scrape;
 use pipeline::Source;
 use session::Session;
 
+/// A connection in the dirty list, and when its output is to be written.
+#[derive(Clone, Copy)]
+struct Dirty {
+    conn: ConnRef,
+    due: Instant,
+}
+
 /// See the module docs.
 pub struct Server {
     cfg: Config,
@@ -136,8 +145,13 @@ pub struct Server {
     kept: Vec<u8>,
     /// Scratch: a notification with a non-canonical payload.
     note: Vec<u8>,
-    /// Connections that got output since the last flush.
-    dirty: Vec<ConnRef>,
+    /// Connections with output not yet handed to a write, with when it is due. Entries
+    /// from deliveries are appended in the order their due times come (now + the flush
+    /// delay); those to be written this turn are put in front. So the front is always the
+    /// next due, and a flush stops at the first entry not yet due.
+    dirty: VecDeque<Dirty>,
+    /// Entries due no later than this are written whatever the delay (session end).
+    flush_by: Instant,
     /// Connections flagged for closing, removed after dispatch.
     closing: Vec<ConnRef>,
     /// Identified clients with input left unread after their budget.
@@ -234,7 +248,8 @@ impl Server {
             raw: Vec::new(),
             kept: Vec::new(),
             note: Vec::new(),
-            dirty: Vec::new(),
+            dirty: VecDeque::new(),
+            flush_by: now,
             closing: Vec::new(),
             unread: Vec::new(),
             session: None,
@@ -355,13 +370,22 @@ impl Server {
             .filter(|c| c.serial == r.serial && !c.closing)
     }
 
-    /// Lists `key` for the end-of-turn flush (once).
-    fn mark_dirty(&mut self, key: usize) {
+    /// Lists `key` for this turn's flush (unless it is listed already).
+    fn mark_dirty(&mut self, key: usize, now: Instant) {
         let conn = &mut self.conns[key];
         if !conn.dirty {
             conn.dirty = true;
-            self.dirty.push(conn.at(key));
+            self.dirty.push_front(Dirty {
+                conn: conn.at(key),
+                due: now,
+            });
         }
+    }
+
+    /// Everything pending now is written without waiting for the flush delay (over the
+    /// next turns, `FLUSH_BATCH` at a time).
+    fn flush_everything(&mut self, now: Instant) {
+        self.flush_by = now + self.cfg.flush_delay;
     }
 
     /// Backpressure: some client, or all of them together, hold too much output; or the
@@ -376,7 +400,6 @@ impl Server {
         if (self.work_left && !self.paused())
             || self.router.indexing()
             || !self.unread.is_empty()
-            || !self.dirty.is_empty()
             || (self.accepts_left.iter().any(|&more| more) && self.accept_paused_until.is_none())
             || self.scrapes_left
         {
@@ -387,7 +410,14 @@ impl Server {
             _ => None,
         };
         let tick = (self.deadlines_pending() || self.trim_wanted).then_some(self.next_tick);
-        [gap, tick, self.next_stats, self.accept_paused_until]
+        let flush = self.dirty.front().map(|d| {
+            if self.paused() || d.due <= self.flush_by {
+                now
+            } else {
+                d.due
+            }
+        });
+        [flush, gap, tick, self.next_stats, self.accept_paused_until]
             .into_iter()
             .flatten()
             .min()
@@ -403,23 +433,29 @@ impl Server {
         }
     }
 
-    /// One `write` per connection that got output (or became writable) this turn.
+    /// One `write` per connection whose output is due (or that became writable).
     fn flush(&mut self, now: Instant) {
         let was_paused = self.paused();
         self.trim_wanted |= self.pending_total > TRIM_AFTER;
-        let mut dirty = std::mem::take(&mut self.dirty);
+        // Paused, the sources wait for pending output to drain: none of it waits longer.
+        let by = if was_paused {
+            None
+        } else {
+            Some(now.max(self.flush_by))
+        };
         // At most a batch per turn: a broadcast to 10,000 clients is 10,000 writes, and the
         // rest of the loop (accepts, ids, signals) must not wait for all of them.
-        let n = dirty.len().min(FLUSH_BATCH);
-        for &r in &dirty[..n] {
-            if let Some(conn) = self.live(r) {
+        for _ in 0..FLUSH_BATCH {
+            let Some(&d) = self.dirty.front() else { break };
+            if by.is_some_and(|by| d.due > by) {
+                break; // and so is every entry behind it
+            }
+            self.dirty.pop_front();
+            if let Some(conn) = self.live(d.conn) {
                 conn.dirty = false;
-                self.write_out(r.key, now);
+                self.write_out(d.conn.key, now);
             }
         }
-        dirty.drain(..n);
-        dirty.append(&mut self.dirty);
-        self.dirty = dirty;
         if was_paused && !self.paused() {
             self.resume(now);
         }
@@ -455,7 +491,7 @@ impl Server {
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.blocked = true,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => self.mark_dirty(key),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => self.mark_dirty(key, now),
             Err(e) => {
                 debug!("{} disconnected (write failed: {e})", conn.name());
                 self.close(key, now);
@@ -541,9 +577,14 @@ impl Server {
             for (key, conn) in self.conns.iter_mut() {
                 if conn.out.pending() > 0 && !conn.dirty && !conn.closing {
                     conn.dirty = true;
-                    self.dirty.push(conn.at(key));
+                    let due = now;
+                    self.dirty.push_front(Dirty {
+                        conn: conn.at(key),
+                        due,
+                    });
                 }
             }
+            self.flush_everything(now);
             self.flush(now);
             self.reap();
             if self.with_output == 0 || now >= deadline {

@@ -324,7 +324,8 @@ impl Server {
                 conn
             };
             if conn.out.pending() == 0 {
-                conn.stalled_since = now;
+                // The stall clock starts when the bytes are due to be written.
+                conn.stalled_since = now + self.cfg.flush_delay;
                 self.with_output += 1;
             }
             conn.out.append(note);
@@ -336,7 +337,10 @@ impl Server {
             }
             if !conn.dirty {
                 conn.dirty = true;
-                self.dirty.push(conn.at(key));
+                self.dirty.push_back(Dirty {
+                    conn: conn.at(key),
+                    due: now + self.cfg.flush_delay,
+                });
             }
         }
         self.note = scratch;

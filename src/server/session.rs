@@ -32,6 +32,7 @@ impl Server {
             return;
         }
         if self.cfg.keep_state {
+            self.flush_everything(now);
             self.log_session_end(now);
         } else {
             // Deliver what waits, gaps skipped, then reset (in `pump`).
@@ -46,6 +47,7 @@ impl Server {
         self.trim_wanted = true;
         self.router.clear_follows();
         self.ending = false;
+        self.flush_everything(now);
         self.log_session_end(now);
         if !self.sources.is_empty() {
             self.start_session(now);

@@ -64,7 +64,7 @@ impl Server {
                 Role::Scraper(ref s) if now >= s.deadline => scrapers.push(key),
                 Role::Client { .. }
                     if conn.out.pending() > 0
-                        && now.duration_since(conn.stalled_since) >= stall =>
+                        && now.saturating_duration_since(conn.stalled_since) >= stall =>
                 {
                     expired.push((key, true))
                 }
