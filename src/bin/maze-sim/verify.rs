@@ -312,19 +312,20 @@ impl Verifier {
             && !model.exhausted
             && self.step(model)
         {}
-        let w = &mut self.conns[i];
-        let owed = w.expected.unmatched();
+        let owed = self.conns[i].expected.unmatched();
         let n = owed.len().min(data.len());
-        if data[..n] != owed[..n] {
-            let k = (data[..n].iter().zip(&owed[..n]))
+        // Up to the first byte that differs (all of `n` when none does).
+        let k = match data[..n] == owed[..n] {
+            true => n,
+            false => (data[..n].iter().zip(&owed[..n]))
                 .position(|(a, b)| a != b)
-                .unwrap_or(n);
-            return Err(self.mismatch(i, data, k));
-        }
+                .unwrap_or(n),
+        };
+        let w = &mut self.conns[i];
         let was_waiting = !w.expected.is_empty();
         let (latency, now, stamp) = (&mut self.latency, self.now, &mut w.stamp);
         let mut lines = 0;
-        w.expected.matched(n, |seq| {
+        w.expected.matched(k, |seq| {
             lines += 1;
             latency.line(seq, now, stamp);
         });
@@ -333,33 +334,30 @@ impl Verifier {
         if was_waiting && w.expected.is_empty() && w.mode == Mode::Exact {
             self.exact_waiting -= 1;
         }
-        if n < data.len() {
-            // Everything owed arrived, and the stream is over: the rest is extra.
-            return Err(self.mismatch(i, data, n));
+        if k < data.len() {
+            // A byte that differs, or (everything owed arrived and the stream is over)
+            // one too many.
+            return Err(self.mismatch(i, data, k));
         }
         Ok(())
     }
 
-    /// The failure for received `data` that differs from what is owed at `data[k]`: the
-    /// line it is in, expected and got (or an extra line when nothing more is owed).
+    /// The failure for received `data` that differs from what is owed at `data[k]`,
+    /// everything before it matched: the line it is in, expected and got (or an extra
+    /// line when nothing more is owed).
     fn mismatch(&mut self, i: usize, data: &[u8], k: usize) -> Failure {
         let w = &mut self.conns[i];
         w.received += 1;
-        let Some((_, line, at)) = w.expected.line_at(k) else {
-            let from = memchr::memrchr(b'\n', &data[..k]).map_or(0, |p| p + 1);
-            let got = self.rest_of_line(i, Vec::new(), &data[from..]);
+        let Some((_, line, at)) = w.expected.line_at(0) else {
+            let got = self.rest_of_line(i, Vec::new(), &data[k..]);
             let msg = format!("got an extra line {:?}", String::from_utf8_lossy(&got));
             return self.describe(i, &msg);
         };
         let expected = String::from_utf8_lossy(line).into_owned();
-        // What came before `k` in this line matched, so it is the line's own start; the
-        // line may have begun in an earlier read.
-        let (before, from) = match at <= k {
-            true => (&line[..0], k - at),
-            false => (&line[..at - k], 0),
-        };
-        let got = before.to_vec();
-        let got = self.rest_of_line(i, got, &data[from..]);
+        // The `at` bytes of this line before `data[k]` matched (some perhaps in earlier
+        // reads), so they are what was received.
+        let got = line[..at].to_vec();
+        let got = self.rest_of_line(i, got, &data[k..]);
         let msg = format!(
             "expected {expected:?}, got {:?}",
             String::from_utf8_lossy(&got)
@@ -438,6 +436,11 @@ mod tests {
     /// A deliberately wrong (or right) tiny server: it sends `bytes` to user 5's single
     /// connection, whatever the events say. Returns the verifier's verdict.
     fn verdict(bytes: &'static [u8]) -> Result<(), Failure> {
+        verdict_in(bytes, 3)
+    }
+
+    /// [`verdict`], the bytes written `chunk` at a time.
+    fn verdict_in(bytes: &'static [u8], chunk: usize) -> Result<(), Failure> {
         let events = vec![
             ev(1, Kind::Broadcast, 0, 0),
             ev(2, Kind::Private, 9, 5),
@@ -449,7 +452,7 @@ mod tests {
         let client = StdStream::connect(listener.local_addr().unwrap()).unwrap();
         let (mut server_side, _) = listener.accept().unwrap();
         let writer = std::thread::spawn(move || {
-            for chunk in bytes.chunks(3) {
+            for chunk in bytes.chunks(chunk) {
                 server_side.write_all(chunk).unwrap();
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -479,6 +482,20 @@ mod tests {
         let err = verdict(b"1|B\r\n2|P|9|5\r\n").unwrap_err();
         assert!(
             err.contains("nothing received") && err.contains("5|S|7"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_failure_counts_the_lines_before_it_in_the_same_read() {
+        let err = verdict_in(b"1|B\r\n5|S|7\r\n", 1024).unwrap_err();
+        assert!(
+            err.contains("notification #2") && err.contains("got \"5|S|7\\r\\n\""),
+            "{err}"
+        );
+        let err = verdict_in(b"1|B\r\n2|P|9|5\r\n5|S|7\r\n6|B\r\n", 1024).unwrap_err();
+        assert!(
+            err.contains("notification #4") && err.contains("extra line \"6|B\\r\\n\""),
             "{err}"
         );
     }
