@@ -55,7 +55,9 @@ impl Default for Config {
             client_buffer_limit: 1 << 20,
             total_buffer_limit: 8 << 20,
             stall_timeout: Duration::from_millis(5000),
-            flush_delay: Duration::ZERO,
+            // Measured (issue 13): at 100k events/s, 0.36 of a core instead of 0.74, p99
+            // latency 4.9 ms instead of 2.6 (docs/design.md has the sweep).
+            flush_delay: Duration::from_micros(2000),
             auth_timeout: Duration::from_millis(5000),
             max_clients: 10_000,
             max_unidentified: 1024,
@@ -106,7 +108,7 @@ Options (flag, environment variable, default):
   --total-buffer-limit N                        8388608  bytes pending over all clients
                                                        before event sources are paused
   --stall-timeout-ms N                          5000   drop a client that takes no bytes
-  --flush-delay-us N                            0      output under 8 KiB waits at most this
+  --flush-delay-us N                            2000   output under 8 KiB waits at most this
                                                        for more (fewer writes); 0 = written
                                                        at the end of every loop turn
   --auth-timeout-ms N                           5000   drop a connection with no id by then

@@ -53,7 +53,7 @@ fn main() -> ExitCode {
     let addrs = server.local_addrs();
     if let Ok((ev, cl)) = &addrs {
         log::info!(
-            "follower-maze {} listening: events on {ev}, clients on {cl} (max_window={} window_bytes={} gap_timeout={:?} loss_detection={} keep_state={} client_buffer_limit={} total_buffer_limit={} stall_timeout={:?} auth_timeout={:?} max_clients={} max_unidentified={} stats_interval={:?})",
+            "follower-maze {} listening: events on {ev}, clients on {cl} (max_window={} window_bytes={} gap_timeout={:?} loss_detection={} keep_state={} client_buffer_limit={} total_buffer_limit={} stall_timeout={:?} flush_delay={:?} auth_timeout={:?} max_clients={} max_unidentified={} stats_interval={:?})",
             env!("CARGO_PKG_VERSION"),
             cfg.max_window,
             cfg.window_bytes,
@@ -63,6 +63,7 @@ fn main() -> ExitCode {
             cfg.client_buffer_limit,
             cfg.total_buffer_limit,
             cfg.stall_timeout,
+            cfg.flush_delay,
             cfg.auth_timeout,
             cfg.max_clients,
             cfg.max_unidentified,

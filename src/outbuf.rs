@@ -2,7 +2,7 @@
 //! bytes out to the socket in one `write` per flush.
 //!
 //! Appending never touches the socket, so a burst of notifications costs one syscall
-//! (the server flushes a buffer when it reaches 8 KiB, or at the end of a loop turn).
+//! (the server flushes a buffer when it reaches 8 KiB, or once `--flush-delay-us` is up).
 //! The pending byte count is what the server compares against `--client-buffer-limit`.
 
 use std::io::{self, Write};
