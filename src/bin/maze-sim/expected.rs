@@ -86,7 +86,7 @@ impl Owed {
             self.lines.pop_front();
             self.front = end;
         }
-        self.matched = (self.front - self.base) as usize;
+        self.restart_line();
     }
 
     /// A new connection starts at a line boundary: the part of a line the last one got

@@ -6,7 +6,7 @@
 //! (`eventsPerSecond`), its latency is the instrument's own floor: what any server's
 //! figure includes that is not the server's.
 
-use crate::gen::{GenConfig, Rng};
+use crate::gen::{leading_seq, GenConfig, Rng};
 use crate::latency::{self, Latency};
 use crate::{pick_users, proc_cpu_s, report, source, verdict, Settings};
 use mio::net::TcpStream;
@@ -132,10 +132,4 @@ fn count(s: &Settings, latency: &mut Latency) -> Counted {
         ));
     }
     Ok((lines, bytes))
-}
-
-/// The seq a line starts with, if it does.
-fn leading_seq(line: &[u8]) -> Option<u64> {
-    let end = line.iter().position(|&b| b == b'|')?;
-    std::str::from_utf8(&line[..end]).ok()?.parse().ok()
 }

@@ -127,6 +127,12 @@ fn put_pair(line: &mut [u8; MAX_LINE], end: usize, pair: usize) -> usize {
     end - 2
 }
 
+/// The seq a line starts with (the digits before its first `|`), if it has one.
+pub fn leading_seq(line: &[u8]) -> Option<u64> {
+    let end = line.iter().position(|&b| b == b'|')?;
+    std::str::from_utf8(&line[..end]).ok()?.parse().ok()
+}
+
 /// Generator settings. Two generators with equal settings yield equal streams.
 #[derive(Clone, Debug)]
 pub struct GenConfig {
@@ -350,6 +356,21 @@ mod tests {
             .filter(|e| e.kind == Kind::Private && e.to == 4)
             .count();
         assert!(hot > 300, "{hot}");
+    }
+
+    #[test]
+    fn a_lines_leading_seq() {
+        assert_eq!(leading_seq(b"42|B\r\n"), Some(42));
+        assert_eq!(leading_seq(b"7|P|1|2"), Some(7));
+        for bad in [
+            &b"42\r\n"[..],
+            b"|B",
+            b"x|B",
+            b"-1|B",
+            b"18446744073709551616|B",
+        ] {
+            assert_eq!(leading_seq(bad), None);
+        }
     }
 
     #[test]

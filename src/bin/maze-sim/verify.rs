@@ -10,7 +10,7 @@
 //! A failure names the connection, its user, the position, and expected vs. got.
 
 use crate::expected::Owed;
-use crate::gen::MAX_LINE;
+use crate::gen::{leading_seq, MAX_LINE};
 use crate::latency::Latency;
 use crate::model::{EventSource, Model};
 use mio::net::TcpStream;
@@ -278,19 +278,15 @@ impl Verifier {
         first: &[u8],
         model: &mut Model<I>,
     ) -> Result<(), Failure> {
-        let seq = std::str::from_utf8(first)
-            .ok()
-            .and_then(|l| l.split('|').next())
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or_else(|| {
-                self.describe(
-                    i,
-                    &format!(
-                        "got an unparsable line {:?}",
-                        String::from_utf8_lossy(first)
-                    ),
-                )
-            })?;
+        let seq = leading_seq(first).ok_or_else(|| {
+            self.describe(
+                i,
+                &format!(
+                    "got an unparsable line {:?}",
+                    String::from_utf8_lossy(first)
+                ),
+            )
+        })?;
         while !model.exhausted && model.last_seq < seq && self.step(model) {}
         let w = &mut self.conns[i];
         w.expected.skip_below(seq);
