@@ -2,10 +2,11 @@
 # Benchmarks a follower-maze server on named workloads with maze-sim and prints one table
 # row per run: events/s, notifications/s, server CPU seconds (user+sys), server peak RSS
 # (VmHWM), maze-sim's own CPU, delivery latency p50/p99/p99.9/max in microseconds (source
-# write of the batch to the verifier's read), and whether verification passed; with RUNS>1
-# also a median row per workload. eventsPerSecond=N paces the source (latency at equal
-# load: at full speed it is mostly queueing); totalEvents=N overrides the workload's count
-# (eventsPerSecond=20000 totalEvents=200000 scripts/bench.sh classic: 10 s).
+# write of the batch to the verifier's read), and whether verification passed; at the end
+# the same rows as a Markdown table with medians (below). eventsPerSecond=N paces the
+# source (latency at equal load: at full speed it is mostly queueing); totalEvents=N
+# overrides the workload's count (eventsPerSecond=20000 totalEvents=200000
+# scripts/bench.sh classic: 10 s).
 #
 # Each run's row also goes, tab-separated ("-" for no value), to BENCH_OUT/results.tsv
 # (BENCH_OUT defaults to target/bench/<UTC timestamp>); at the end bench-report turns it
@@ -168,7 +169,6 @@ adversarial() {
   done
 }
 
-declare -A cpu_of=()
 floor_done=
 while IFS= read -r entry; do
   [ -n "${entry// }" ] || continue
@@ -190,7 +190,6 @@ while IFS= read -r entry; do
     fi
     [ -n "$header" ] || { row server workload run events/s notifications/s server_cpu_s server_rss_kib sim_cpu_s p50_us p99_us p999_us max_us result; header=1; }
     envs=$(workload_env "$w")
-    rows=()
     for run in $(seq 1 "$RUNS"); do
       log=$(mktemp)
       start_server "$server_cmd" "$log"
@@ -212,7 +211,6 @@ while IFS= read -r entry; do
          "$(cell latency_p999_us "$summary")" "$(cell latency_max_us "$summary")" "$result")
       row "${r[@]}"
       tsv_row "${r[@]}"
-      rows+=("${r[*]}")
       [ "$result" = pass ] || { echo "--- maze-sim:"; tail -5 "$log.sim"; }
       if [ "$w" = soak ]; then
         # The samples maze-sim logged: t, RSS KiB, server CPU seconds so far.
@@ -221,28 +219,10 @@ while IFS= read -r entry; do
       fi
       rm -f "$log" "$log.sim"
     done
-    # The middle value, or the mean of the two middle ones (as bench-report); "-" for none.
-    med() {
-      printf '%s\n' "${rows[@]}" | awk -v c="$1" '$c != "-" {print $c}' | sort -g |
-        awk '{a[NR]=$1} END { if (NR == 0) print "-"; else if (NR % 2) print a[(NR+1)/2];
-          else printf "%.10g\n", (a[NR/2] + a[NR/2+1]) / 2 }'
-    }
-    if [ "$RUNS" -gt 1 ]; then
-      row "$server_name" "$w" median "$(med 4)" "$(med 5)" "$(med 6)" "$(med 7)" "$(med 8)" \
-        "$(med 9)" "$(med 10)" "$(med 11)" "$(med 12)" "-"
-    fi
-    cpu_of["$server_name/$w"]=$(med 6)
   done
 done <<<"$SERVERS"
-# Each server's classic CPU as a multiple of the floor's, when both were measured.
-if [ -n "${cpu_of[floor/floor]:-}" ]; then
-  for key in "${!cpu_of[@]}"; do
-    [ "${key#*/}" = classic ] || continue
-    awk -v n="${key%%/*}" -v c="${cpu_of[$key]}" -v f="${cpu_of[floor/floor]}" \
-      'BEGIN { if (f > 0 && c != "-") printf "%s: classic server CPU %s s = %.2fx the floor (%s s)\n", n, c, c / f, f }'
-  done
-fi
-# The report of every row above (the adversarial table is its own).
+# The report of every row above (the adversarial table is its own): medians, and each
+# server's classic CPU as a multiple of the floor's, are bench-report's alone.
 if [ -n "${tsv_started:-}" ]; then
   echo
   table=$(./target/release/bench-report "$TSV" --svg "$BENCH_OUT/chart.svg")
