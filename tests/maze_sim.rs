@@ -325,3 +325,29 @@ fn the_floor_relay_hands_every_line_to_a_client() {
     assert!(us("latency_p50_us") >= 1, "{summary}");
     assert!(us("latency_p50_us") <= us("latency_max_us"), "{summary}");
 }
+
+/// Ids must fit the generator's 32-bit edges: more users than that is a usage error (exit 2,
+/// one line), not a run that silently clamps them.
+#[test]
+fn more_users_than_ids_of_32_bits_is_refused() {
+    for (users, code) in [("4294967296", Some(2)), ("4294967295", None)] {
+        let out = Command::new(env!("CARGO_BIN_EXE_maze-sim"))
+            .env("numberOfUsers", users)
+            .env("concurrencyLevel", "1")
+            .env("totalEvents", "1")
+            .env("eventListenerPort", "1")
+            .env("clientListenerPort", "1")
+            .env("timeout", "1000")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match code {
+            Some(c) => {
+                assert_eq!(out.status.code(), Some(c), "{stderr}");
+                assert!(stderr.contains("numberOfUsers <= 4294967295"), "{stderr}");
+            }
+            // Accepted: it gets as far as connecting (port 1: nothing there) and fails so.
+            None => assert_eq!(out.status.code(), Some(1), "{stderr}"),
+        }
+    }
+}
