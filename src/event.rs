@@ -207,61 +207,62 @@ impl Event {
         }
     }
 
-    /// Writes the canonical payload plus `\r\n` into `out`; returns its length. Only
-    /// meaningful for a delivered kind (not `NoOp`).
-    pub fn render(&self, out: &mut [u8; MAX_RENDERED]) -> usize {
-        let mut n = put_number(out, 0, self.seq);
-        let (tag, ids) = match self.kind {
-            Kind::Follow => (b'F', 2),
-            Kind::Unfollow => (b'U', 2),
-            Kind::Private => (b'P', 2),
-            Kind::Status => (b'S', 1),
-            Kind::Broadcast | Kind::NoOp => (b'B', 0),
+    /// Renders the canonical payload plus `\r\n` into the end of `out` and returns it.
+    /// Only meaningful for a delivered kind (not `NoOp`). Written from the end back, so
+    /// each number's digits go straight to their place (no digit buffer, no copies).
+    pub fn render<'a>(&self, out: &'a mut [u8; MAX_RENDERED]) -> &'a [u8] {
+        let mut at = MAX_RENDERED - 2;
+        out[at..].copy_from_slice(b"\r\n");
+        let tag = match self.kind {
+            Kind::Follow => b'F',
+            Kind::Unfollow => b'U',
+            Kind::Private => b'P',
+            Kind::Status => b'S',
+            Kind::Broadcast | Kind::NoOp => b'B',
         };
-        out[n] = b'|';
-        out[n + 1] = tag;
-        n += 2;
-        for id in [self.from, self.to].into_iter().take(ids) {
-            out[n] = b'|';
-            n = put_number(out, n + 1, id);
+        if matches!(self.kind, Kind::Follow | Kind::Unfollow | Kind::Private) {
+            at = put_back(out, at, self.to) - 1;
+            out[at] = b'|';
         }
-        out[n] = b'\r';
-        out[n + 1] = b'\n';
-        n + 2
+        if matches!(
+            self.kind,
+            Kind::Follow | Kind::Unfollow | Kind::Private | Kind::Status
+        ) {
+            at = put_back(out, at, self.from) - 1;
+            out[at] = b'|';
+        }
+        at -= 2;
+        out[at] = b'|';
+        out[at + 1] = tag;
+        at = put_back(out, at, self.seq);
+        &out[at..]
     }
 }
 
-/// Writes `v` in decimal at `out[at..]`; returns the index after it.
-fn put_number(out: &mut [u8], at: usize, v: u64) -> usize {
-    let mut buf = [0u8; 20];
-    let digits = decimal(v, &mut buf);
-    out[at..at + digits.len()].copy_from_slice(digits);
-    at + digits.len()
-}
-
-/// `v` in decimal, as the tail of `buf` that holds its digits. Two digits per division.
-pub fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
+/// Writes `v` in decimal to end just before `out[end]`; returns where its digits start.
+/// Two digits per division.
+#[inline]
+fn put_back(out: &mut [u8], mut end: usize, mut v: u64) -> usize {
     const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
         2021222324252627282930313233343536373839\
         4041424344454647484950515253545556575859\
         6061626364656667686970717273747576777879\
         8081828384858687888990919293949596979899";
-    let mut i = buf.len();
     while v >= 100 {
         let pair = (v % 100) as usize * 2;
         v /= 100;
-        i -= 2;
-        buf[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        end -= 2;
+        out[end..end + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
     }
     if v >= 10 {
         let pair = v as usize * 2;
-        i -= 2;
-        buf[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        end -= 2;
+        out[end..end + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
     } else {
-        i -= 1;
-        buf[i] = b'0' + v as u8;
+        end -= 1;
+        out[end] = b'0' + v as u8;
     }
-    &buf[i..]
+    end
 }
 
 #[cfg(test)]
@@ -388,13 +389,12 @@ mod tests {
             let e = parse(line.as_bytes()).unwrap();
             assert!(e.canonical);
             let mut out = [0u8; MAX_RENDERED];
-            let n = e.render(&mut out);
-            assert_eq!(&out[..n], format!("{line}\r\n").as_bytes());
+            assert_eq!(e.render(&mut out), format!("{line}\r\n").as_bytes());
         }
     }
 
     #[test]
-    fn decimal_matches_std_formatting() {
+    fn put_back_matches_std_formatting() {
         let mut x = 1u64;
         for v in (0..1000)
             .chain([u64::MAX, u64::MAX - 1, 1 << 63])
@@ -402,8 +402,14 @@ mod tests {
         {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(v);
             for v in [v, x, x >> 20] {
-                let mut buf = [0u8; 20];
-                assert_eq!(decimal(v, &mut buf), v.to_string().as_bytes());
+                let mut buf = [b'x'; 22];
+                let start = put_back(&mut buf, 21, v);
+                assert_eq!(&buf[start..21], v.to_string().as_bytes());
+                assert_eq!(
+                    (buf[start - 1], buf[21]),
+                    (b'x', b'x'),
+                    "{v}: only its digits"
+                );
             }
         }
     }

@@ -300,10 +300,7 @@ impl Server {
                 scratch.extend_from_slice(b"\r\n");
                 &scratch
             }
-            None => {
-                let n = ev.render(&mut rendered);
-                &rendered[..n]
-            }
+            None => ev.render(&mut rendered),
         };
         let limit = self.cfg.client_buffer_limit;
         for i in 0..self.recipients.len() {
