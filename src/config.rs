@@ -108,7 +108,7 @@ Options (flag, environment variable, default):
   --total-buffer-limit N                        8388608  bytes pending over all clients
                                                        before event sources are paused
   --stall-timeout-ms N                          5000   drop a client that takes no bytes
-  --flush-delay-us N                            2000   output under 8 KiB waits at most this
+  --flush-delay-us N                            2000   output under 12 KiB waits at most this
                                                        for more (fewer writes); 0 = written
                                                        at the end of every loop turn
   --auth-timeout-ms N                           5000   drop a connection with no id by then

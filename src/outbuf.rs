@@ -2,7 +2,8 @@
 //! bytes out to the socket in one `write` per flush.
 //!
 //! Appending never touches the socket, so a burst of notifications costs one syscall
-//! (the server flushes a buffer when it reaches 8 KiB, or once `--flush-delay-us` is up).
+//! (the server flushes a buffer before it would pass `WRITE_AT`, or once `--flush-delay-us`
+//! is up).
 //! The pending byte count is what the server compares against `--client-buffer-limit`.
 
 use std::io::{self, Write};
@@ -10,6 +11,12 @@ use std::io::{self, Write};
 /// A buffer drained with more capacity than this releases it at once: only bursts grow a
 /// buffer this far, and keeping every client's burst peak would add up.
 const BURST_CAPACITY: usize = 64 * 1024;
+
+/// A client's pending output is written as soon as it would pass this, mid-turn, instead
+/// of growing: large writes (the kernel's cost is mostly per `write`) without every client
+/// holding a turn's output. A buffer's first allocation is exactly this much, so the
+/// usual buffer, never past it, costs this and not the next power of two.
+pub const WRITE_AT: usize = 12 * 1024;
 
 /// Bytes waiting to be written, with a consumed-prefix cursor.
 #[derive(Default)]
@@ -22,7 +29,22 @@ pub struct OutBuf {
 impl OutBuf {
     /// Queues `bytes` after everything pending.
     pub fn append(&mut self, bytes: &[u8]) {
+        if self.buf.capacity() - self.buf.len() < bytes.len() {
+            self.grow(bytes.len());
+        }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Makes room for `more` bytes: up to `WRITE_AT` exactly, past it (a reader that
+    /// does not keep up) by doubling.
+    #[cold]
+    fn grow(&mut self, more: usize) {
+        let need = self.buf.len() + more;
+        if need <= WRITE_AT {
+            self.buf.reserve_exact(WRITE_AT - self.buf.len());
+        } else {
+            self.buf.reserve(more);
+        }
     }
 
     /// Bytes queued and not yet written.
@@ -147,6 +169,33 @@ mod tests {
             io::ErrorKind::WouldBlock
         );
         assert_eq!(o.pending(), 5);
+    }
+
+    /// The server writes a buffer before it would pass `WRITE_AT`: that much, and not the
+    /// next power of two, is what the usual buffer holds on to.
+    #[test]
+    fn the_first_allocation_is_exactly_the_write_size() {
+        let mut o = OutBuf::default();
+        let line = b"1234567|P|123|456\r\n";
+        o.append(line);
+        assert_eq!(o.buf.capacity(), WRITE_AT);
+        while o.pending() + line.len() <= WRITE_AT {
+            o.append(line);
+        }
+        assert_eq!(
+            o.buf.capacity(),
+            WRITE_AT,
+            "filled up to it without growing"
+        );
+        o.append(line);
+        assert!(
+            o.buf.capacity() >= WRITE_AT + line.len(),
+            "past it (blocked), it grows"
+        );
+        // A long first append (a kept line from a slow reader's burst) is not cut to size.
+        let mut o = OutBuf::default();
+        o.append(&vec![b'x'; WRITE_AT + 1]);
+        assert_eq!(o.pending(), WRITE_AT + 1);
     }
 
     #[test]

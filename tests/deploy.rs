@@ -244,7 +244,7 @@ fn unit_file_has_what_the_server_needs_and_verifies() {
     assert!(nofile >= needed, "LimitNOFILE={nofile} < {needed}");
     let memory = bytes(&get("Service", "MemoryMax"));
     let floor = (defaults.window_bytes + defaults.total_buffer_limit) as u64
-        + defaults.max_clients as u64 * 8 * 1024;
+        + defaults.max_clients as u64 * follower_maze::outbuf::WRITE_AT as u64;
     assert!(memory >= floor, "MemoryMax={memory} < {floor}");
     let stop = get("Service", "TimeoutStopSec");
     let stop: u64 = stop.strip_suffix('s').unwrap_or(&stop).parse().unwrap();

@@ -6,13 +6,16 @@
 mod common;
 
 use common::{clients, final_counter, send_lines, Client, Server};
+use follower_maze::outbuf::WRITE_AT;
 use std::time::Duration;
 
 /// A delay no test waits out: output that arrives was written for another reason.
 const FOREVER_US: &str = "60000000";
 
-/// A private message to `to` of 106 bytes with `\r\n` (the seq zero-padded: valid, and
-/// delivered exactly as read), so 78 of them pass the 8 KiB write threshold.
+const FAT: usize = 106;
+
+/// A private message to a one-digit `to` of `FAT` bytes with `\r\n` (the seq zero-padded:
+/// valid, and delivered exactly as read).
 fn fat_message(seq: u64, to: u64) -> String {
     format!("{seq:0>98}|P|1|{to}")
 }
@@ -73,16 +76,19 @@ fn a_client_past_the_write_threshold_is_written_without_waiting_for_the_delay() 
     let mut c = clients(&s, &[1, 2]);
     let mut src = s.source();
     send_lines(&mut src, &["1|P|1|2"]);
-    // 200 x 106 bytes: written whenever the next would take the buffer past 8 KiB, after
-    // the 77th and the 154th; the last 46 wait.
-    send_fat(&mut src, 2, 201, 1);
-    read_fat(&mut c[0], 2, 155, 1);
+    // Written whenever the next message would take the buffer past `WRITE_AT`: after
+    // every `per_write` of them; send two writes' worth and 46 more, which wait.
+    let per_write = (WRITE_AT / FAT) as u64;
+    assert_eq!(fat_message(1, 1).len() + 2, FAT);
+    let last = 1 + 2 * per_write + 46;
+    send_fat(&mut src, 2, last, 1);
+    read_fat(&mut c[0], 2, 1 + 2 * per_write, 1);
     c[0].expect_silence(Duration::from_millis(300));
     c[1].expect_silence(Duration::from_millis(300));
     let (_, log) = s.terminate();
     assert_eq!(final_counter(&log, "clients_stalled"), 0, "{log}");
     // The stop wrote the rest.
-    read_fat(&mut c[0], 156, 201, 1);
+    read_fat(&mut c[0], 2 + 2 * per_write, last, 1);
     assert_eq!(c[1].read_lines(1), ["1|P|1|2"]);
 }
 
@@ -93,16 +99,18 @@ fn a_graceful_stop_writes_what_the_delay_held_back() {
     let mut src = s.source();
     send_lines(&mut src, &["1|B", "2|P|2|1", "3|F|1|2", "4|S|2"]);
     // Barrier: a probe's buffer passes the threshold, so the events before it were taken.
-    send_fat(&mut src, 5, 82, 9);
+    // After "1|B\r\n", `fit` messages fit under `WRITE_AT`; the next one is held back.
+    let fit = ((WRITE_AT - 5) / FAT) as u64;
+    send_fat(&mut src, 5, 5 + fit, 9);
     assert_eq!(c[2].read_lines(1), ["1|B"]);
-    read_fat(&mut c[2], 5, 81, 9);
+    read_fat(&mut c[2], 5, 4 + fit, 9);
     c[0].expect_silence(Duration::from_millis(100));
     let (status, log) = s.terminate();
     assert_eq!(status.code(), Some(0));
     assert!(!log.contains("exiting with output pending"), "{log}");
     assert_eq!(c[0].read_lines(3), ["1|B", "2|P|2|1", "4|S|2"]);
     assert_eq!(c[1].read_lines(2), ["1|B", "3|F|1|2"]);
-    read_fat(&mut c[2], 82, 82, 9);
+    read_fat(&mut c[2], 5 + fit, 5 + fit, 9);
 }
 
 #[test]

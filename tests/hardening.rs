@@ -4,6 +4,7 @@
 mod common;
 
 use common::{clients, final_counter, proc_rss_kib, send_lines, set_socket_option, Client, Server};
+use follower_maze::outbuf::WRITE_AT;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
@@ -473,14 +474,14 @@ fn writes_are_batched_and_a_full_socket_is_not_retried_per_notification() {
     let (_, log) = s.terminate();
     let bytes = final_counter(&log, "bytes_out");
     let writes = final_counter(&log, "writes");
-    // About one write per 8 KiB to the reader and a few to the stuck client; retrying its
+    // About one write per `WRITE_AT` to the reader and a few to the stuck client; retrying its
     // full socket per notification would add ~10,000.
     assert!(bytes > N * 100, "the reader's 10 MB at least: {log}");
     assert!(writes < bytes / 4096, "writes={writes} bytes_out={bytes}");
 }
 
 #[test]
-fn a_client_that_keeps_up_is_written_every_8_kib_not_once_per_turn() {
+fn a_client_that_keeps_up_is_written_at_the_write_size_not_once_per_turn() {
     let s = Server::start(&[]);
     let mut c = clients(&s, &[1]).remove(0);
     const N: u64 = 10_000; // 10 MB, sent in 256 KiB writes: turns read up to 512 KiB
@@ -492,7 +493,7 @@ fn a_client_that_keeps_up_is_written_every_8_kib_not_once_per_turn() {
     assert!(bytes >= N * 1000, "{log}");
     // Once per turn would be writes of up to ~512 KiB; a buffer is written when full.
     assert!(
-        writes * 16 * 1024 >= bytes,
-        "writes={writes} bytes_out={bytes}: average write over 16 KiB"
+        writes * 2 * WRITE_AT as u64 >= bytes,
+        "writes={writes} bytes_out={bytes}: average write over twice {WRITE_AT}"
     );
 }

@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::conn::{self, Conn, ConnRef, Filled, Role};
 use crate::event::{self, Event, Kind, Malformed, ParseError, MAX_RENDERED};
 use crate::lines::{Line, LineSplitter};
+use crate::outbuf::WRITE_AT;
 use crate::router::Router;
 use crate::stats::{Counters, Warn, WarnLimiter};
 use crate::warn_limited;
@@ -58,9 +59,6 @@ const POP_BUDGET: usize = 64 * 1024;
 /// Notifications appended per loop turn (about 10 ms of work); the turn ends after the
 /// event that reaches it.
 const NOTE_BUDGET: u64 = 128 * 1024;
-/// A client's pending output is written as soon as it reaches this, mid-turn, instead of
-/// growing: large writes (few syscalls) without every client holding a turn's output.
-const WRITE_AT: usize = 8 * 1024;
 /// Client input discarded per connection per turn, so a chatty client cannot hog the loop.
 const CLIENT_READ_BUDGET: usize = 64 * 1024;
 /// Initial reorder window slots.
