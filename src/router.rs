@@ -70,8 +70,80 @@ impl User {
 /// last one leaves and no index job refers to it any more.
 struct Online {
     user: u64,
-    conns: Vec<ConnId>,
+    conns: Conns,
     jobs: u32,
+}
+
+/// A user's connections, the first one inline: a user almost always has exactly one, and
+/// a recipient lookup then reads the slot and nothing behind a second pointer.
+struct Conns {
+    /// `NONE` when there are none.
+    first: ConnId,
+    more: Vec<ConnId>,
+}
+
+const NONE: ConnId = ConnId::MAX;
+
+impl Conns {
+    fn new() -> Self {
+        Conns {
+            first: NONE,
+            more: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first != NONE) + self.more.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first == NONE
+    }
+
+    fn get(&self, i: usize) -> Option<ConnId> {
+        match i {
+            0 => Some(self.first).filter(|&c| c != NONE),
+            _ => self.more.get(i - 1).copied(),
+        }
+    }
+
+    /// Appends `conn`; returns its index.
+    fn push(&mut self, conn: ConnId) -> usize {
+        if self.first == NONE {
+            self.first = conn;
+            return 0;
+        }
+        self.more.push(conn);
+        self.more.len()
+    }
+
+    /// Removes the one at `i` (< len), moving the last into its place; returns the moved
+    /// one, if any moved.
+    fn swap_remove(&mut self, i: usize) -> Option<ConnId> {
+        let Some(last) = self.more.pop() else {
+            self.first = NONE;
+            return None;
+        };
+        if i == self.more.len() + 1 {
+            return None;
+        }
+        match i {
+            0 => self.first = last,
+            _ => self.more[i - 1] = last,
+        }
+        Some(last)
+    }
+
+    /// Appends them all to `out`.
+    #[inline(always)]
+    fn extend_into(&self, out: &mut Vec<ConnId>) {
+        if self.first != NONE {
+            out.push(self.first);
+            if !self.more.is_empty() {
+                out.extend_from_slice(&self.more);
+            }
+        }
+    }
 }
 
 /// Adding a slot to, or removing it from, the index sets of the authors a user follows.
@@ -190,7 +262,7 @@ impl Router {
             None => {
                 let slot = self.online.insert(Online {
                     user,
-                    conns: Vec::new(),
+                    conns: Conns::new(),
                     jobs: 0,
                 });
                 record.slot = Some(slot as u32);
@@ -201,9 +273,9 @@ impl Router {
         if conn >= self.positions.len() {
             self.positions.resize(conn + 1, 0);
         }
-        self.positions[conn] = conns.len() as u32;
-        conns.push(conn);
-        if conns.len() == 1 {
+        let i = conns.push(conn);
+        self.positions[conn] = i as u32;
+        if i == 0 {
             self.index_user(user, slot, true);
         }
     }
@@ -219,11 +291,10 @@ impl Router {
             return;
         };
         let i = i as usize;
-        if conns.get(i) != Some(&conn) {
+        if conns.get(i) != Some(conn) {
             return;
         }
-        conns.swap_remove(i);
-        if let Some(&moved) = conns.get(i) {
+        if let Some(moved) = conns.swap_remove(i) {
             self.positions[moved] = i as u32;
         }
         if !conns.is_empty() {
@@ -263,7 +334,7 @@ impl Router {
                     None => self.users.get(&ev.to),
                 };
                 if let Some(slot) = to.and_then(|u| u.slot) {
-                    extend(out, &self.online[slot as usize].conns);
+                    self.online[slot as usize].conns.extend_into(out);
                 }
             }
             Kind::Unfollow => {
@@ -283,12 +354,12 @@ impl Router {
             }
             Kind::Broadcast => {
                 for (_, o) in self.online.iter() {
-                    extend(out, &o.conns);
+                    o.conns.extend_into(out);
                 }
             }
             Kind::Private => {
                 if let Some(slot) = self.users.get(&ev.to).and_then(|u| u.slot) {
-                    extend(out, &self.online[slot as usize].conns);
+                    self.online[slot as usize].conns.extend_into(out);
                 }
             }
             Kind::Status => {
@@ -296,7 +367,7 @@ impl Router {
                     let online = &self.online;
                     author
                         .followers
-                        .for_each(|slot| extend(out, &online[slot as usize].conns));
+                        .for_each(|slot| online[slot as usize].conns.extend_into(out));
                 }
             }
             Kind::NoOp => {}
@@ -339,15 +410,6 @@ fn index(users: &mut HashMap<u64, User>, author: u64, slot: usize, add: bool) {
         if u.is_empty() {
             users.remove(&author);
         }
-    }
-}
-
-/// `out.extend_from_slice(conns)`, without a `memcpy` call for the usual single one.
-#[inline(always)]
-fn extend(out: &mut Vec<ConnId>, conns: &[ConnId]) {
-    match conns {
-        [one] => out.push(*one),
-        more => out.extend_from_slice(more),
     }
 }
 
@@ -639,6 +701,30 @@ mod tests {
             "user 1's followee list; 2 and 3 hold nothing"
         );
         assert_eq!(index_entries(&r), 0);
+    }
+
+    #[test]
+    fn conns_keep_the_first_inline_and_remove_by_swapping_in_the_last() {
+        let mut c = Conns::new();
+        assert!(c.is_empty());
+        assert_eq!(
+            (c.push(10), c.push(11), c.push(12), c.push(13)),
+            (0, 1, 2, 3)
+        );
+        let all = |c: &Conns| (0..c.len()).map(|i| c.get(i).unwrap()).collect::<Vec<_>>();
+        assert_eq!(c.swap_remove(1), Some(13));
+        assert_eq!(all(&c), [10, 13, 12]);
+        assert_eq!(c.swap_remove(0), Some(12));
+        assert_eq!(all(&c), [12, 13]);
+        assert_eq!(c.swap_remove(1), None, "the last: nothing moves");
+        assert_eq!(all(&c), [12]);
+        assert_eq!(c.swap_remove(0), None);
+        assert!(c.is_empty() && c.get(0).is_none());
+        let mut out = Vec::new();
+        c.push(7);
+        c.push(8);
+        c.extend_into(&mut out);
+        assert_eq!(out, [7, 8]);
     }
 
     /// The brute-force model: a list of (follower, followed) pairs and a list of
