@@ -3,7 +3,7 @@
 //! a time (one `memcmp`, no line splitting); the line ends are needed only to count lines,
 //! time them, and quote one in a failure.
 
-use crate::gen::MAX_LINE;
+use crate::gen::{Line, MAX_LINE};
 
 /// Received lines are dropped once they are this many bytes and at least as many as
 /// what is still owed (so a drop copies at most what was received since the last one).
@@ -33,10 +33,11 @@ pub struct Owed {
 impl Owed {
     /// One more line (with its `\r\n`).
     #[inline]
-    pub fn push(&mut self, seq: u64, line: &[u8]) {
-        debug_assert!(seq <= SEQ && line.len() <= MAX_LINE);
-        self.bytes.extend_from_slice(line);
-        self.lines.push(seq | (line.len() as u64) << 56);
+    pub fn push(&mut self, seq: u64, line: &Line) {
+        let len = line.bytes().len();
+        debug_assert!(seq <= SEQ && len <= MAX_LINE);
+        line.append_to(&mut self.bytes);
+        self.lines.push(seq | (len as u64) << 56);
     }
 
     /// Whether no line is owed.
@@ -115,8 +116,8 @@ mod tests {
     fn owed_bytes_are_matched_across_reads_and_lines_counted_when_complete() {
         let mut o = Owed::default();
         assert!(o.is_empty());
-        o.push(3, b"3|P|1|2\r\n");
-        o.push(9, b"9|B\r\n");
+        o.push(3, &Line::of(b"3|P|1|2\r\n"));
+        o.push(9, &Line::of(b"9|B\r\n"));
         assert_eq!(o.unmatched(), b"3|P|1|2\r\n9|B\r\n");
         let mut done = Vec::new();
         o.matched(4, |s| done.push(s)); // "3|P|"
@@ -139,7 +140,7 @@ mod tests {
         let line = b"1234567|S|42\r\n";
         let mut done = 0u64;
         for seq in 0..100_000u64 {
-            o.push(seq, line);
+            o.push(seq, &Line::of(line));
             o.matched(line.len(), |s| {
                 assert_eq!(s, seq);
                 done += 1;
@@ -148,10 +149,10 @@ mod tests {
         assert_eq!(done, 100_000);
         assert!(o.bytes.capacity() <= 2 * DROP_AT, "{}", o.bytes.capacity());
         // A line half received when the rest is dropped keeps its start.
-        o.push(5, b"5|P|1|2\r\n");
+        o.push(5, &Line::of(b"5|P|1|2\r\n"));
         o.matched(3, |_| {});
         for _ in 0..2 * DROP_AT {
-            o.push(6, b"6|B\r\n");
+            o.push(6, &Line::of(b"6|B\r\n"));
         }
         o.matched(6, |s| assert_eq!(s, 5));
         let rest = o.unmatched().len();
@@ -162,8 +163,8 @@ mod tests {
         assert_eq!(o.line_at(2), Some((6, &b"6|B\r\n"[..], 0)));
         assert_eq!(o.line_at(6), Some((6, &b"6|B\r\n"[..], 4)));
         assert_eq!(o.line_at(7), None);
-        o.push(7, b"7|B\r\n");
-        o.push(8, b"8|B\r\n");
+        o.push(7, &Line::of(b"7|B\r\n"));
+        o.push(8, &Line::of(b"8|B\r\n"));
         o.skip_below(8);
         assert_eq!(o.unmatched(), b"8|B\r\n");
         assert_eq!(o.line_at(2), Some((8, &b"8|B\r\n"[..], 2)));

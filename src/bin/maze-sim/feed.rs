@@ -78,7 +78,12 @@ impl FeedTx {
             std::thread::sleep(Duration::from_millis(1));
         }
         self.waiting.fetch_add(self.block.len(), Ordering::AcqRel);
-        let next = self.spent.try_recv().unwrap_or_default();
+        // A new block (none came back yet) starts as large as this one: grown from
+        // nothing it was copied a dozen times.
+        let next = self
+            .spent
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(self.block.len()));
         let block = std::mem::replace(&mut self.block, next);
         // The model gone (the run failed) is no reason for the source to stop.
         let _ = self.tx.send(block);
