@@ -45,7 +45,15 @@ impl Packed {
     #[inline]
     fn new(ev: Ev) -> Packed {
         debug_assert!(ev.seq < 1 << 56 && ev.from <= u32::MAX.into() && ev.to <= u32::MAX.into());
-        let kind = ev.kind as u64; // KINDS is in the order of declaration (tested)
+        // The index in KINDS (a match, not `as`: the server's order may change).
+        let kind: u64 = match ev.kind {
+            Kind::Follow => 0,
+            Kind::Unfollow => 1,
+            Kind::Broadcast => 2,
+            Kind::Private => 3,
+            Kind::Status => 4,
+            Kind::NoOp => 5,
+        };
         Packed {
             seq: ev.seq | kind << 56 | u64::from(ev.omitted) << 63,
             from: ev.from as u32,
