@@ -109,7 +109,10 @@ impl<I: EventSource> Model<I> {
             Kind::Status => {
                 if let Some(f) = self.followers.get(ev.from) {
                     for &slot in f {
-                        out.extend_from_slice(&self.conns[slot as usize]);
+                        // One at a time: extending by a slice called memcpy.
+                        for &c in &self.conns[slot as usize] {
+                            out.push(c);
+                        }
                     }
                 }
             }
@@ -120,7 +123,9 @@ impl<I: EventSource> Model<I> {
 
     fn conns_of(&self, user: u64, out: &mut Vec<usize>) {
         if let Some(slot) = self.slot(user) {
-            out.extend_from_slice(&self.conns[slot as usize]);
+            for &c in &self.conns[slot as usize] {
+                out.push(c);
+            }
         }
     }
 

@@ -3,7 +3,7 @@
 //! written), with the scenario's extras (junk lines, tiny writes).
 
 use crate::feed::FeedTx;
-use crate::gen::{Gen, GenConfig, Rng};
+use crate::gen::{Gen, GenConfig, Line, Rng};
 use crate::latency::Stamps;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -68,6 +68,7 @@ fn stream_events(
         stamps,
         feed,
     };
+    let mut line = Line::default();
     let mut count = 0u64;
     let started = std::time::Instant::now();
     loop {
@@ -103,7 +104,8 @@ fn stream_events(
                 out.flush(&mut rng)?;
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }
-            e.write(&mut out.bytes);
+            line.render(e);
+            line.append_to(&mut out.bytes);
             count += 1;
             if send.junk_every > 0 && rng.below(send.junk_every) == 0 {
                 junk_line(&mut rng, &mut out.bytes);

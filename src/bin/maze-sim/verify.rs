@@ -10,7 +10,7 @@
 //! A failure names the connection, its user, the position, and expected vs. got.
 
 use crate::expected::Owed;
-use crate::gen::{leading_seq, MAX_LINE};
+use crate::gen::{leading_seq, Line};
 use crate::latency::Latency;
 use crate::model::{EventSource, Model};
 use mio::net::TcpStream;
@@ -54,6 +54,8 @@ pub struct Verifier {
     conns: Vec<Watched>,
     scratch: Vec<u8>,
     recipients: Vec<usize>,
+    /// The line of the event being stepped.
+    line: Line,
     pub tally: Tally,
     timeout: Duration,
     log_interval: Duration,
@@ -78,6 +80,7 @@ impl Verifier {
             conns: Vec::new(),
             scratch: vec![0; 64 * 1024],
             recipients: Vec::new(),
+            line: Line::default(),
             tally: Tally::default(),
             timeout,
             log_interval,
@@ -197,8 +200,7 @@ impl Verifier {
         let stepped = model.step(&mut recipients);
         if let Some(ev) = stepped {
             if !recipients.is_empty() {
-                let mut line = [0u8; MAX_LINE];
-                let start = ev.render(&mut line);
+                self.line.render(&ev);
                 for &c in &recipients {
                     let w = &mut self.conns[c];
                     if w.expected.is_empty() {
@@ -207,7 +209,7 @@ impl Verifier {
                             self.exact_waiting += 1;
                         }
                     }
-                    w.expected.push(ev.seq, &line[start..]);
+                    w.expected.push(ev.seq, &self.line);
                 }
             }
         }
