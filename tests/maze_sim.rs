@@ -351,3 +351,28 @@ fn more_users_than_ids_of_32_bits_is_refused() {
         }
     }
 }
+
+/// The verifier keeps a seq in 56 bits: a run that would pass them is refused up front.
+#[test]
+fn more_events_than_seqs_of_56_bits_is_refused() {
+    for (total, code) in [("72057594037927936", Some(2)), ("72057594037927935", None)] {
+        let out = Command::new(env!("CARGO_BIN_EXE_maze-sim"))
+            .env("totalEvents", total)
+            .env("eventListenerPort", "1")
+            .env("clientListenerPort", "1")
+            .env("timeout", "1000")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match code {
+            Some(c) => {
+                assert_eq!(out.status.code(), Some(c), "{stderr}");
+                assert!(
+                    stderr.contains("totalEvents < 72057594037927936"),
+                    "{stderr}"
+                );
+            }
+            None => assert_eq!(out.status.code(), Some(1), "{stderr}"),
+        }
+    }
+}
