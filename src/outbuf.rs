@@ -14,8 +14,8 @@ const BURST_CAPACITY: usize = 64 * 1024;
 
 /// A client's pending output is written as soon as it would pass this, mid-turn, instead
 /// of growing: large writes (the kernel's cost is mostly per `write`) without every client
-/// holding a turn's output. A buffer's first allocation is exactly this much, so the
-/// usual buffer, never past it, costs this and not the next power of two.
+/// holding a turn's output. A buffer that fills up grows to exactly this much (see
+/// `grow`), not to the next power of two.
 pub const WRITE_AT: usize = 12 * 1024;
 
 /// Bytes waiting to be written, with a consumed-prefix cursor.

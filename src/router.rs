@@ -381,17 +381,15 @@ impl Router {
         self.users = self
             .users
             .drain()
-            .filter_map(|(id, u)| {
-                u.slot.map(|slot| {
-                    let slot = Some(slot);
-                    (
-                        id,
-                        User {
-                            slot,
-                            ..User::default()
-                        },
-                    )
-                })
+            .filter(|(_, u)| u.slot.is_some())
+            .map(|(id, u)| {
+                (
+                    id,
+                    User {
+                        slot: u.slot,
+                        ..User::default()
+                    },
+                )
             })
             .collect();
     }
