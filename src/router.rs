@@ -16,19 +16,17 @@ pub type ConnId = usize;
 /// Follow graph plus user -> connections registry.
 ///
 /// A status update is the costly rule: its author may have thousands of followers, few of
-/// them connected. So besides the graph (each user's followees, kept for every user) the
-/// router keeps, per author, its *connected* followers, updated on follow and unfollow and
-/// when a user's first connection arrives or its last one leaves. A connected user has a
-/// slot in `online`, its connections in one list there; the index holds those slots, so a
+/// them connected. So besides the graph (`following`, kept for every user) the router
+/// keeps, per author, its *connected* followers, updated on follow and unfollow and when
+/// a user's first connection arrives or its last one leaves. A connected user has a slot
+/// in `online`, its connections in one list there; the index holds those slots, so a
 /// status update costs one hash lookup, then one plain index per connected follower. The
 /// index never holds more entries than the graph has edges, and a connection that comes
 /// or goes while its user has others costs O(1), however many users that user follows.
+/// No key outlives what it holds: an emptied followee set or index set leaves its map.
 ///
-/// Everything the router knows of a user is one record in one map, so an event costs a
-/// lookup per user it names (a follow two, where separate maps for followees, connected
-/// followers and slots cost up to four). A record lives while it holds anything: an
-/// unfollow, a disconnect or an index removal that empties one removes it, so the map
-/// holds at most one record per edge end and per connected user.
+/// (One record per user, all three in one entry, saves a follow two of its four lookups
+/// but doubles every author's entry and misses the cache more: docs/performance.md.)
 ///
 /// A user's first connection or last disconnect costs O(its followees) in the index. For
 /// a user following more than `slice` users that work is a job done `slice` entries per
@@ -36,7 +34,13 @@ pub type ConnId = usize;
 /// is true and the server routes nothing (it holds the pipeline as for backpressure), so
 /// no event sees a half-built index.
 pub struct Router {
-    users: HashMap<u64, User>,
+    /// user -> the users they follow.
+    following: HashMap<u64, UserSet>,
+    /// author -> the `online` slots of the author's connected followers.
+    connected_followers: HashMap<u64, UserSet>,
+    /// user -> its slot in `online`, for users with an identified connection (or with an
+    /// index job still pending).
+    slot_of: HashMap<u64, usize>,
     online: Slab<Online>,
     /// conn -> its index in its user's list, so it leaves in O(1).
     positions: Vec<u32>,
@@ -44,26 +48,6 @@ pub struct Router {
     jobs: VecDeque<Job>,
     /// Index entries per job step; users following more get a job.
     slice: usize,
-    /// A light user's followees, copied out of its record while the index is updated.
-    authors: Vec<u64>,
-}
-
-/// One user's part of the graph and of the registry.
-#[derive(Default)]
-struct User {
-    /// The users this one follows.
-    following: UserSet,
-    /// The `online` slots of this user's connected followers.
-    followers: UserSet,
-    /// This user's slot in `online`, while it has an identified connection (or an index
-    /// job still refers to the slot).
-    slot: Option<u32>,
-}
-
-impl User {
-    fn is_empty(&self) -> bool {
-        self.slot.is_none() && self.following.len() == 0 && self.followers.len() == 0
-    }
 }
 
 /// A connected user: its identified connections (usually one). The slot is freed when the
@@ -174,12 +158,13 @@ impl Router {
     /// A router that indexes `slice` entries per step (small in tests).
     pub fn with_slice(slice: usize) -> Self {
         Router {
-            users: HashMap::new(),
+            following: HashMap::new(),
+            connected_followers: HashMap::new(),
+            slot_of: HashMap::new(),
             online: Slab::new(),
             positions: Vec::new(),
             jobs: VecDeque::new(),
             slice: slice.max(1),
-            authors: Vec::new(),
         }
     }
 
@@ -197,7 +182,7 @@ impl Router {
             };
             let end = (job.done + budget).min(job.authors.len());
             for &a in &job.authors[job.done..end] {
-                index(&mut self.users, a, job.slot, job.add);
+                index(&mut self.connected_followers, a, job.slot, job.add);
             }
             budget -= end - job.done;
             job.done = end;
@@ -213,23 +198,15 @@ impl Router {
     /// Adds (or removes) `slot` to (from) the index sets of `user`'s followees: at once
     /// for a light user, as a job for a heavy one or one with a job already pending.
     fn index_user(&mut self, user: u64, slot: usize, add: bool) {
-        let Some(authors) = self.users.get(&user).map(|u| &u.following) else {
+        let Some(authors) = self.following.get(&user) else {
             return;
         };
-        let mut list = if authors.len() <= self.slice && self.online[slot].jobs == 0 {
-            std::mem::take(&mut self.authors)
-        } else {
-            Vec::with_capacity(authors.len())
-        };
-        list.clear();
-        authors.for_each(|a| list.push(a));
-        if list.len() <= self.slice && self.online[slot].jobs == 0 {
-            for &a in &list {
-                index(&mut self.users, a, slot, add);
-            }
-            self.authors = list;
+        if authors.len() <= self.slice && self.online[slot].jobs == 0 {
+            authors.for_each(|a| index(&mut self.connected_followers, a, slot, add));
             return;
         }
+        let mut list = Vec::with_capacity(authors.len());
+        authors.for_each(|a| list.push(a));
         self.online[slot].jobs += 1;
         self.jobs.push_back(Job {
             slot,
@@ -243,32 +220,21 @@ impl Router {
     fn release_if_unused(&mut self, slot: usize) {
         let online = &self.online[slot];
         if online.conns.is_empty() && online.jobs == 0 {
-            let user = online.user;
+            self.slot_of.remove(&online.user);
             self.online.remove(slot);
-            if let Some(u) = self.users.get_mut(&user) {
-                u.slot = None;
-                if u.is_empty() {
-                    self.users.remove(&user);
-                }
-            }
         }
     }
 
     /// Registers `conn` as a connection of `user`; it receives events routed from now on.
     pub fn connect(&mut self, user: u64, conn: ConnId) {
-        let record = self.users.entry(user).or_default();
-        let slot = match record.slot {
-            Some(slot) => slot as usize,
-            None => {
-                let slot = self.online.insert(Online {
-                    user,
-                    conns: Conns::new(),
-                    jobs: 0,
-                });
-                record.slot = Some(slot as u32);
-                slot
-            }
-        };
+        let online = &mut self.online;
+        let slot = *self.slot_of.entry(user).or_insert_with(|| {
+            online.insert(Online {
+                user,
+                conns: Conns::new(),
+                jobs: 0,
+            })
+        });
         let conns = &mut self.online[slot].conns;
         if conn >= self.positions.len() {
             self.positions.resize(conn + 1, 0);
@@ -282,10 +248,9 @@ impl Router {
 
     /// Forgets `conn`. Unknown pairs are ignored.
     pub fn disconnect(&mut self, user: u64, conn: ConnId) {
-        let Some(slot) = self.users.get(&user).and_then(|u| u.slot) else {
+        let Some(&slot) = self.slot_of.get(&user) else {
             return;
         };
-        let slot = slot as usize;
         let conns = &mut self.online[slot].conns;
         let Some(&i) = self.positions.get(conn) else {
             return;
@@ -311,7 +276,7 @@ impl Router {
 
     /// Follow edges now.
     pub fn follow_edges(&self) -> usize {
-        self.users.values().map(|u| u.following.len()).sum()
+        self.following.values().map(UserSet::len).sum()
     }
 
     /// Applies `ev` to the follow graph and appends the connections to notify to `out`
@@ -319,37 +284,33 @@ impl Router {
     pub fn apply(&mut self, ev: &Event, out: &mut Vec<ConnId>) {
         match ev.kind {
             Kind::Follow => {
-                let follower = self.users.entry(ev.from).or_default();
-                let slot = match follower.following.insert(ev.to) {
-                    true => follower.slot,
-                    false => None,
-                };
-                let to = match slot {
-                    // A connected user's new followee: it joins the index.
-                    Some(slot) => {
-                        let to = self.users.entry(ev.to).or_default();
-                        to.followers.insert(slot as u64);
-                        Some(&*to)
+                let added = self.following.entry(ev.from).or_default().insert(ev.to);
+                if added {
+                    if let Some(&slot) = self.slot_of.get(&ev.from) {
+                        self.connected_followers
+                            .entry(ev.to)
+                            .or_default()
+                            .insert(slot as u64);
                     }
-                    None => self.users.get(&ev.to),
-                };
-                if let Some(slot) = to.and_then(|u| u.slot) {
-                    self.online[slot as usize].conns.extend_into(out);
                 }
+                self.user_conns(ev.to, out);
             }
             Kind::Unfollow => {
-                let Some(follower) = self.users.get_mut(&ev.from) else {
+                let Some(followees) = self.following.get_mut(&ev.from) else {
                     return;
                 };
-                if !follower.following.remove(ev.to) {
-                    return;
+                let removed = followees.remove(ev.to);
+                if followees.len() == 0 {
+                    // No key outlives what it holds: ids seen once cost nothing after.
+                    self.following.remove(&ev.from);
                 }
-                match follower.slot {
-                    Some(slot) => index(&mut self.users, ev.to, slot as usize, false),
-                    None if follower.is_empty() => {
-                        self.users.remove(&ev.from);
+                if let (true, Some(&slot)) = (removed, self.slot_of.get(&ev.from)) {
+                    if let Some(set) = self.connected_followers.get_mut(&ev.to) {
+                        set.remove(slot as u64);
+                        if set.len() == 0 {
+                            self.connected_followers.remove(&ev.to);
+                        }
                     }
-                    None => {}
                 }
             }
             Kind::Broadcast => {
@@ -357,56 +318,39 @@ impl Router {
                     o.conns.extend_into(out);
                 }
             }
-            Kind::Private => {
-                if let Some(slot) = self.users.get(&ev.to).and_then(|u| u.slot) {
-                    self.online[slot as usize].conns.extend_into(out);
-                }
-            }
+            Kind::Private => self.user_conns(ev.to, out),
             Kind::Status => {
-                if let Some(author) = self.users.get(&ev.from) {
-                    let online = &self.online;
-                    author
-                        .followers
-                        .for_each(|slot| online[slot as usize].conns.extend_into(out));
+                if let Some(followers) = self.connected_followers.get(&ev.from) {
+                    followers.for_each(|slot| self.online[slot as usize].conns.extend_into(out));
                 }
             }
             Kind::NoOp => {}
         }
     }
 
+    #[inline]
+    fn user_conns(&self, user: u64, out: &mut Vec<ConnId>) {
+        if let Some(&slot) = self.slot_of.get(&user) {
+            self.online[slot].conns.extend_into(out);
+        }
+    }
+
     /// Session end: forget every follow relation (connections stay). Not while indexing.
     pub fn clear_follows(&mut self) {
         debug_assert!(self.jobs.is_empty());
-        // Rebuilt rather than cleared in place, so the graph's memory goes with it.
-        self.users = self
-            .users
-            .drain()
-            .filter(|(_, u)| u.slot.is_some())
-            .map(|(id, u)| {
-                (
-                    id,
-                    User {
-                        slot: u.slot,
-                        ..User::default()
-                    },
-                )
-            })
-            .collect();
+        self.following = HashMap::new();
+        self.connected_followers = HashMap::new();
     }
 }
 
 /// Adds `slot` to (or removes it from) `author`'s set of connected followers.
-fn index(users: &mut HashMap<u64, User>, author: u64, slot: usize, add: bool) {
+fn index(sets: &mut HashMap<u64, UserSet>, author: u64, slot: usize, add: bool) {
     if add {
-        users
-            .entry(author)
-            .or_default()
-            .followers
-            .insert(slot as u64);
-    } else if let Some(u) = users.get_mut(&author) {
-        u.followers.remove(slot as u64);
-        if u.is_empty() {
-            users.remove(&author);
+        sets.entry(author).or_default().insert(slot as u64);
+    } else if let Some(set) = sets.get_mut(&author) {
+        set.remove(slot as u64);
+        if set.len() == 0 {
+            sets.remove(&author);
         }
     }
 }
@@ -617,7 +561,7 @@ mod tests {
             route(&mut r, ev(Kind::Follow, 1, to));
         }
         assert_eq!(r.follow_edges(), FEW * 3);
-        assert!(matches!(r.users[&1].following, UserSet::Many(_)));
+        assert!(matches!(r.following[&1], UserSet::Many(_)));
         for to in (0..(FEW as u64 * 3)).step_by(2) {
             route(&mut r, ev(Kind::Unfollow, 1, to));
         }
@@ -632,7 +576,7 @@ mod tests {
     /// What the status-update index holds: it must follow the follow graph, not the
     /// number of connections, so a disconnect costs its own entries only.
     fn index_entries(r: &Router) -> usize {
-        r.users.values().map(|u| u.followers.len()).sum()
+        r.connected_followers.values().map(UserSet::len).sum()
     }
 
     #[test]
@@ -657,11 +601,11 @@ mod tests {
         assert_eq!(route(&mut r, ev(Kind::Status, 10_500, 0)).len(), 0);
     }
 
-    /// A record lives only while it holds something: follows undone, connections gone,
+    /// A key lives only while it holds something: follows undone, connections gone,
     /// nothing of the users is left (the graph's memory follows the graph, not the number
     /// of ids ever seen).
     #[test]
-    fn records_of_users_with_nothing_left_are_removed() {
+    fn keys_of_users_with_nothing_left_are_removed() {
         let mut r = Router::with_slice(3);
         for round in 0..3 {
             for u in 0..100 {
@@ -684,7 +628,15 @@ mod tests {
                     r.work();
                 }
             }
-            assert_eq!(r.users.len(), 0, "round {round}");
+            assert_eq!(
+                (
+                    r.following.len(),
+                    r.connected_followers.len(),
+                    r.slot_of.len()
+                ),
+                (0, 0, 0),
+                "round {round}"
+            );
             assert_eq!(r.online.len(), 0);
         }
         // Disconnecting with follows in place keeps the graph, and only the graph.
@@ -694,8 +646,12 @@ mod tests {
         r.disconnect(1, 10);
         r.disconnect(3, 30);
         assert_eq!(
-            r.users.len(),
-            1,
+            (
+                r.following.len(),
+                r.connected_followers.len(),
+                r.slot_of.len()
+            ),
+            (1, 0, 0),
             "user 1's followee list; 2 and 3 hold nothing"
         );
         assert_eq!(index_entries(&r), 0);
