@@ -601,6 +601,15 @@ mod tests {
         assert_eq!(route(&mut r, ev(Kind::Status, 10_500, 0)).len(), 0);
     }
 
+    /// Keys in the followee map, the status index and the slot map.
+    fn keys(r: &Router) -> (usize, usize, usize) {
+        (
+            r.following.len(),
+            r.connected_followers.len(),
+            r.slot_of.len(),
+        )
+    }
+
     /// A key lives only while it holds something: follows undone, connections gone,
     /// nothing of the users is left (the graph's memory follows the graph, not the number
     /// of ids ever seen).
@@ -628,15 +637,7 @@ mod tests {
                     r.work();
                 }
             }
-            assert_eq!(
-                (
-                    r.following.len(),
-                    r.connected_followers.len(),
-                    r.slot_of.len()
-                ),
-                (0, 0, 0),
-                "round {round}"
-            );
+            assert_eq!(keys(&r), (0, 0, 0), "round {round}");
             assert_eq!(r.online.len(), 0);
         }
         // Disconnecting with follows in place keeps the graph, and only the graph.
@@ -646,11 +647,7 @@ mod tests {
         r.disconnect(1, 10);
         r.disconnect(3, 30);
         assert_eq!(
-            (
-                r.following.len(),
-                r.connected_followers.len(),
-                r.slot_of.len()
-            ),
+            keys(&r),
             (1, 0, 0),
             "user 1's followee list; 2 and 3 hold nothing"
         );

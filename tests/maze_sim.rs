@@ -326,53 +326,48 @@ fn the_floor_relay_hands_every_line_to_a_client() {
     assert!(us("latency_p50_us") <= us("latency_max_us"), "{summary}");
 }
 
-/// Ids must fit the generator's 32-bit edges: more users than that is a usage error (exit 2,
-/// one line), not a run that silently clamps them.
-#[test]
-fn more_users_than_ids_of_32_bits_is_refused() {
-    for (users, code) in [("4294967296", Some(2)), ("4294967295", None)] {
+/// `var` at `too_many` is a usage error (exit 2, one line saying `message`); at `fits` it is
+/// accepted: maze-sim gets as far as connecting (port 1: nothing there) and fails so.
+fn refused_above(var: &str, fits: &str, too_many: &str, env: &[(&str, &str)], message: &str) {
+    for (value, code) in [(too_many, 2), (fits, 1)] {
         let out = Command::new(env!("CARGO_BIN_EXE_maze-sim"))
-            .env("numberOfUsers", users)
-            .env("concurrencyLevel", "1")
-            .env("totalEvents", "1")
+            .envs(env.iter().copied())
+            .env(var, value)
             .env("eventListenerPort", "1")
             .env("clientListenerPort", "1")
             .env("timeout", "1000")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        match code {
-            Some(c) => {
-                assert_eq!(out.status.code(), Some(c), "{stderr}");
-                assert!(stderr.contains("numberOfUsers <= 4294967295"), "{stderr}");
-            }
-            // Accepted: it gets as far as connecting (port 1: nothing there) and fails so.
-            None => assert_eq!(out.status.code(), Some(1), "{stderr}"),
+        assert_eq!(out.status.code(), Some(code), "{var}={value}: {stderr}");
+        if code == 2 {
+            assert!(stderr.contains(message), "{stderr}");
         }
     }
+}
+
+/// Ids must fit the generator's 32-bit edges: more users than that is a usage error (exit 2,
+/// one line), not a run that silently clamps them.
+#[test]
+fn more_users_than_ids_of_32_bits_is_refused() {
+    let env = [("concurrencyLevel", "1"), ("totalEvents", "1")];
+    refused_above(
+        "numberOfUsers",
+        "4294967295",
+        "4294967296",
+        &env,
+        "numberOfUsers <= 4294967295",
+    );
 }
 
 /// The verifier keeps a seq in 56 bits: a run that would pass them is refused up front.
 #[test]
 fn more_events_than_seqs_of_56_bits_is_refused() {
-    for (total, code) in [("72057594037927936", Some(2)), ("72057594037927935", None)] {
-        let out = Command::new(env!("CARGO_BIN_EXE_maze-sim"))
-            .env("totalEvents", total)
-            .env("eventListenerPort", "1")
-            .env("clientListenerPort", "1")
-            .env("timeout", "1000")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        match code {
-            Some(c) => {
-                assert_eq!(out.status.code(), Some(c), "{stderr}");
-                assert!(
-                    stderr.contains("totalEvents < 72057594037927936"),
-                    "{stderr}"
-                );
-            }
-            None => assert_eq!(out.status.code(), Some(1), "{stderr}"),
-        }
-    }
+    refused_above(
+        "totalEvents",
+        "72057594037927935",
+        "72057594037927936",
+        &[],
+        "totalEvents < 72057594037927936",
+    );
 }

@@ -642,6 +642,11 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
+    /// The runs of these result lines, which must parse.
+    fn runs_of(lines: &[String]) -> Vec<Run> {
+        parse_runs(&lines.join("\n")).expect("good lines")
+    }
+
     fn line(server: &str, workload: &str, run: u32, cpu: &str, p50: &str) -> String {
         format!(
             "{server}\t{workload}\t{run}\t1000\t2000\t{cpu}\t3000\t0.5\t{p50}\t20\t30\t40\tpass"
@@ -728,14 +733,12 @@ mod tests {
 
     #[test]
     fn groups_keep_the_order_of_first_appearance() {
-        let text = [
+        let runs = runs_of(&[
             line("ours", "classic", 1, "3", "1"),
             line("other", "classic", 1, "5", "1"),
             line("ours", "paced", 1, "1", "1"),
             line("ours", "classic", 2, "2", "1"),
-        ]
-        .join("\n");
-        let runs = parse_runs(&text).expect("good lines");
+        ]);
         let g = groups(&runs);
         let names: Vec<(&str, &str, usize)> = g
             .iter()
@@ -755,13 +758,11 @@ mod tests {
 
     #[test]
     fn missing_values_are_left_out_of_a_median() {
-        let text = [
+        let runs = runs_of(&[
             line("ours", "classic", 1, "3", "-"),
             line("ours", "classic", 2, "2", "100"),
             line("ours", "classic", 3, "4", "-"),
-        ]
-        .join("\n");
-        let runs = parse_runs(&text).expect("good lines");
+        ]);
         let g = groups(&runs);
         assert_eq!(g[0].median_text(P50), "100");
         assert_eq!(g[0].median_text(CPU), "3");
@@ -772,13 +773,11 @@ mod tests {
     #[test]
     fn the_floor_multiple_needs_both_and_a_floor_above_zero() {
         let with = |floor_cpu: &str| {
-            let text = [
+            let runs = runs_of(&[
                 line("floor", "floor", 1, floor_cpu, "-"),
                 line("ours", "classic", 1, "3.00", "1"),
                 line("ours", "paced", 1, "9", "1"),
-            ]
-            .join("\n");
-            let runs = parse_runs(&text).expect("good lines");
+            ]);
             floor_lines(&groups(&runs))
         };
         assert_eq!(
@@ -787,13 +786,11 @@ mod tests {
         );
         assert!(with("0.00").is_empty());
         // 0.08 and 0.09: a median of 0.085 as written, not 0.0849999... rounded to 0.08.
-        let text = [
+        let runs = runs_of(&[
             line("floor", "floor", 1, "0.04", "-"),
             line("ours", "classic", 1, "0.08", "1"),
             line("ours", "classic", 2, "0.09", "1"),
-        ]
-        .join("\n");
-        let runs = parse_runs(&text).expect("good lines");
+        ]);
         assert_eq!(
             floor_lines(&groups(&runs)),
             ["ours: classic server CPU 0.085 s = 2.12x the floor (0.04 s)"]
