@@ -572,15 +572,12 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         loop {
             let now = Instant::now();
-            for (key, conn) in self.conns.iter_mut() {
-                if conn.out.pending() > 0 && !conn.dirty && !conn.closing {
-                    conn.dirty = true;
-                    let due = now;
-                    self.dirty.push_front(Dirty {
-                        conn: conn.at(key),
-                        due,
-                    });
-                }
+            let pending: Vec<usize> = (self.conns.iter())
+                .filter(|(_, c)| c.out.pending() > 0 && !c.closing)
+                .map(|(key, _)| key)
+                .collect();
+            for key in pending {
+                self.mark_dirty(key, now);
             }
             self.flush_everything(now);
             self.flush(now);
