@@ -240,29 +240,39 @@ impl Event {
 }
 
 /// Writes `v` in decimal to end just before `out[end]`; returns where its digits start.
-/// Two digits per division.
-#[inline]
-fn put_back(out: &mut [u8], mut end: usize, mut v: u64) -> usize {
+/// Two digits per step, in 32-bit arithmetic once the value fits (cheaper division).
+/// Notifications here and maze-sim's expected lines are both rendered with it.
+#[inline(always)]
+pub fn put_back(out: &mut [u8], end: usize, mut v: u64) -> usize {
+    let mut i = end;
+    while v > u64::from(u32::MAX) {
+        i = put_pair(out, i, (v % 100) as usize);
+        v /= 100;
+    }
+    let mut v = v as u32;
+    while v >= 100 {
+        i = put_pair(out, i, (v % 100) as usize);
+        v /= 100;
+    }
+    if v >= 10 {
+        put_pair(out, i, v as usize)
+    } else {
+        out[i - 1] = b'0' + v as u8;
+        i - 1
+    }
+}
+
+/// Writes the two digits of `pair` (below 100) to end just before `out[end]`.
+#[inline(always)]
+fn put_pair(out: &mut [u8], end: usize, pair: usize) -> usize {
     const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
         2021222324252627282930313233343536373839\
         4041424344454647484950515253545556575859\
         6061626364656667686970717273747576777879\
         8081828384858687888990919293949596979899";
-    while v >= 100 {
-        let pair = (v % 100) as usize * 2;
-        v /= 100;
-        end -= 2;
-        out[end..end + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    }
-    if v >= 10 {
-        let pair = v as usize * 2;
-        end -= 2;
-        out[end..end + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    } else {
-        end -= 1;
-        out[end] = b'0' + v as u8;
-    }
-    end
+    out[end - 2] = PAIRS[pair * 2];
+    out[end - 1] = PAIRS[pair * 2 + 1];
+    end - 2
 }
 
 #[cfg(test)]
@@ -395,22 +405,26 @@ mod tests {
 
     #[test]
     fn put_back_matches_std_formatting() {
-        let mut x = 1u64;
-        for v in (0..1000)
-            .chain([u64::MAX, u64::MAX - 1, 1 << 63])
-            .chain((0..64).map(|s| 1u64 << s))
-        {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(v);
-            for v in [v, x, x >> 20] {
-                let mut buf = [b'x'; 22];
-                let start = put_back(&mut buf, 21, v);
-                assert_eq!(&buf[start..21], v.to_string().as_bytes());
-                assert_eq!(
-                    (buf[start - 1], buf[21]),
-                    (b'x', b'x'),
-                    "{v}: only its digits"
-                );
-            }
+        // Every digit count, both sides of each power of ten and of the 32-bit switch,
+        // and random values of every size.
+        let mut rng = Rng::new(5);
+        let near_tens = (0..20).flat_map(|k| {
+            let t = 10u64.pow(k);
+            [t - 1, t, t + 1]
+        });
+        let values = (0..100_000)
+            .chain(near_tens)
+            .chain([u32::MAX.into(), u64::from(u32::MAX) + 1, 1 << 63, u64::MAX])
+            .chain((0..100_000).map(|_| rng.next_u64() >> rng.below(64)));
+        for v in values {
+            let mut buf = [b'x'; 22];
+            let start = put_back(&mut buf, 21, v);
+            assert_eq!(&buf[start..21], v.to_string().as_bytes());
+            assert_eq!(
+                (buf[start - 1], buf[21]),
+                (b'x', b'x'),
+                "{v}: only its digits"
+            );
         }
     }
 

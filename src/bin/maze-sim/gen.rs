@@ -13,6 +13,7 @@
 //! becomes an unfollow of a random existing edge, so graph size (in the server and
 //! here) stays flat however long the run.
 
+use follower_maze::event::put_back;
 // hashbrown's default hasher: SipHash here cost more than everything else together.
 use hashbrown::HashSet;
 
@@ -156,41 +157,6 @@ impl Line {
         line.buf[line.start..MAX_LINE].copy_from_slice(bytes);
         line
     }
-}
-
-/// Writes `v` in decimal to end just before `line[end]`; returns where it starts. Two
-/// digits per step, in 32-bit arithmetic while the value fits (cheaper division).
-#[inline(always)]
-fn put_back(line: &mut [u8; MAX_LINE], end: usize, mut v: u64) -> usize {
-    let mut i = end;
-    while v > u64::from(u32::MAX) {
-        i = put_pair(line, i, (v % 100) as usize);
-        v /= 100;
-    }
-    let mut v = v as u32;
-    while v >= 100 {
-        i = put_pair(line, i, (v % 100) as usize);
-        v /= 100;
-    }
-    if v >= 10 {
-        put_pair(line, i, v as usize)
-    } else {
-        line[i - 1] = b'0' + v as u8;
-        i - 1
-    }
-}
-
-/// Writes two digits of `pair` (below 100) to end just before `line[end]`.
-#[inline(always)]
-fn put_pair(line: &mut [u8; MAX_LINE], end: usize, pair: usize) -> usize {
-    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
-        2021222324252627282930313233343536373839\
-        4041424344454647484950515253545556575859\
-        6061626364656667686970717273747576777879\
-        8081828384858687888990919293949596979899";
-    line[end - 2] = PAIRS[pair * 2];
-    line[end - 1] = PAIRS[pair * 2 + 1];
-    end - 2
 }
 
 /// The seq a line starts with (the digits before its first `|`), if it has one.
@@ -443,22 +409,6 @@ mod tests {
             b"18446744073709551616|B",
         ] {
             assert_eq!(leading_seq(bad), None);
-        }
-    }
-
-    #[test]
-    fn every_kind_of_number_renders_in_decimal() {
-        let mut rng = Rng::new(5);
-        let tens = (0..20).map(|k| 10u64.pow(k));
-        let near_tens = tens.flat_map(|t| [t - 1, t, t + 1]);
-        let values = (0..100_000)
-            .chain(near_tens)
-            .chain((0..100_000).map(|_| rng.next_u64() >> rng.below(64)))
-            .chain([u64::MAX]);
-        for v in values {
-            let mut line = [0u8; MAX_LINE];
-            let start = put_back(&mut line, MAX_LINE, v);
-            assert_eq!(&line[start..], v.to_string().as_bytes());
         }
     }
 

@@ -109,10 +109,7 @@ impl<I: EventSource> Model<I> {
             Kind::Status => {
                 if let Some(f) = self.followers.get(ev.from) {
                     for &slot in f {
-                        // One at a time: extending by a slice called memcpy.
-                        for &c in &self.conns[slot as usize] {
-                            out.push(c);
-                        }
+                        self.slot_conns(slot, out);
                     }
                 }
             }
@@ -123,9 +120,16 @@ impl<I: EventSource> Model<I> {
 
     fn conns_of(&self, user: u64, out: &mut Vec<usize>) {
         if let Some(slot) = self.slot(user) {
-            for &c in &self.conns[slot as usize] {
-                out.push(c);
-            }
+            self.slot_conns(slot, out);
+        }
+    }
+
+    /// Appends the watched connections of `slot`'s user, one at a time: extending by a
+    /// slice called memcpy.
+    #[inline]
+    fn slot_conns(&self, slot: u32, out: &mut Vec<usize>) {
+        for &c in &self.conns[slot as usize] {
+            out.push(c);
         }
     }
 
