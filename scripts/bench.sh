@@ -124,7 +124,7 @@ tsv_row() {
   (IFS=$'\t'; echo "$*") >>"$TSV"
 }
 
-ADV_ATTACKS=${ADV_ATTACKS:-far-ahead far-ahead-max follow-storm disconnect-storm zero-padded chatty}
+ADV_ATTACKS=${ADV_ATTACKS:-far-ahead far-ahead-max follow-storm follow-churn disconnect-storm zero-padded chatty}
 
 adv_row() { printf '%-12s %-17s %-4s %12s %13s %12s %16s %13s %13s %13s %s\n' "$@"; }
 
@@ -141,8 +141,8 @@ stop_server() {
 
 # One fresh server per attack; the server's stderr is kept for its final stats line.
 # With "smoke": every attack at a tiny size, a few seconds in all (does each still pass?).
-ADV_SMOKE="farLines=50 followCount=200 stormConnections=200 stormFollows=100 paddedEvents=2000
-  chattyClients=4 chattyBytes=1000000 chattyEvents=5000 chattyMs=500"
+ADV_SMOKE="farLines=50 followCount=200 churnFollowers=2000 stormConnections=200 stormFollows=100
+  paddedEvents=2000 chattyClients=4 chattyBytes=1000000 chattyEvents=5000 chattyMs=500"
 adversarial() {
   local sizes=
   [ "${1:-}" != smoke ] || sizes=$ADV_SMOKE

@@ -34,6 +34,8 @@ pub enum Attack {
     FarAheadMax,
     /// One user follows `followCount` authors, who then all post.
     FollowStorm,
+    /// `churnFollowers` distinct users each follow one author and unfollow it at once.
+    FollowChurn,
     /// Thousands of connections of one well-followed user close at once, a few rounds.
     DisconnectStorm,
     /// Many waiting events of ~1 KB of zero-padded numbers, seq 1 withheld.
@@ -42,10 +44,11 @@ pub enum Attack {
     Chatty,
 }
 
-pub const ATTACKS: [(&str, Attack); 6] = [
+pub const ATTACKS: [(&str, Attack); 7] = [
     ("far-ahead", Attack::FarAhead),
     ("far-ahead-max", Attack::FarAheadMax),
     ("follow-storm", Attack::FollowStorm),
+    ("follow-churn", Attack::FollowChurn),
     ("disconnect-storm", Attack::DisconnectStorm),
     ("zero-padded", Attack::ZeroPadded),
     ("chatty", Attack::Chatty),
@@ -58,6 +61,7 @@ pub struct Config {
     far_lines: u64,
     far_stride: u64,
     follows: u64,
+    churn_followers: u64,
     storm_connections: u64,
     storm_rounds: u64,
     storm_follows: u64,
@@ -73,8 +77,9 @@ pub struct Config {
 
 pub const USAGE: &str = "\
 Adversarial scenario: scenario=adversarial attack=NAME, one of far-ahead far-ahead-max
-follow-storm disconnect-storm zero-padded chatty. Sizes (defaults): farLines 5000
-(far-ahead-max: 1000), farStride 2000000, followCount 100000, stormConnections 4000,
+follow-storm follow-churn disconnect-storm zero-padded chatty. Sizes (defaults): farLines
+5000 (far-ahead-max: 1000), farStride 2000000, followCount 100000, churnFollowers
+1000000, stormConnections 4000,
 stormRounds 3, stormFollows 1000, paddedEvents 100000, paddedBytes 1000, chattyClients 20,
 chattyBytes 8388608, chattyEvents 200000, chattyOrdinary 10, chattyMs 3000,
 probeIntervalMs 10. The summary adds input_bytes, probe latencies and, with --server-pid,
@@ -102,6 +107,7 @@ pub fn config(get: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
         )?,
         far_stride: num(get("farStride"), "farStride", 2_000_000)?,
         follows: num(get("followCount"), "followCount", 100_000)?,
+        churn_followers: num(get("churnFollowers"), "churnFollowers", 1_000_000)?,
         storm_connections: num(get("stormConnections"), "stormConnections", 4000)?,
         storm_rounds: num(get("stormRounds"), "stormRounds", 3)?,
         storm_follows: num(get("stormFollows"), "stormFollows", 1000)?,
@@ -120,6 +126,7 @@ pub fn config(get: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
             .checked_mul(c.far_stride)
             .is_some_and(|x| x < 1 << 63)
         && c.follows >= 1
+        && c.churn_followers >= 1
         && c.storm_connections >= 1
         && c.storm_rounds >= 1
         && c.storm_follows >= 1
@@ -188,6 +195,7 @@ pub fn main(s: &crate::Settings, cfg: &Config) -> std::process::ExitCode {
         Attack::FarAhead => far_ahead(&mut ctx, cfg, false),
         Attack::FarAheadMax => far_ahead(&mut ctx, cfg, true),
         Attack::FollowStorm => follow_storm(&mut ctx, cfg),
+        Attack::FollowChurn => follow_churn(&mut ctx, cfg),
         Attack::DisconnectStorm => disconnect_storm(&mut ctx, cfg),
         Attack::ZeroPadded => zero_padded(&mut ctx, cfg),
         Attack::Chatty => chatty(&mut ctx, cfg),
@@ -293,6 +301,36 @@ fn follow_storm(ctx: &mut Ctx, cfg: &Config) -> Result<(), String> {
     src.line(format_args!("{last}|B"))?;
     src.flush()?;
     ctx.detail = format!(" follows={f}");
+    let result = watch.join();
+    src.close()?;
+    result
+}
+
+/// User 1 (watched) follows user 2; then `churnFollowers` users, each a new id, follow 2
+/// and unfollow it at once; 2 posts, and a broadcast ends it: user 1 gets exactly those
+/// two. What it measures is memory: the graph holds one edge at any time, so whatever the
+/// server keeps per id it has seen (and the resizing of a map of them) shows in its peak
+/// RSS and longest turn.
+fn follow_churn(ctx: &mut Ctx, cfg: &Config) -> Result<(), String> {
+    let n = cfg.churn_followers;
+    let status = 2 * n + 2;
+    let expected = vec![
+        format!("{status}|S|2").into_bytes(),
+        format!("{}|B", status + 1).into_bytes(),
+    ];
+    let watch = ctx.watch(1, expected)?;
+    identify_pause(1);
+    let mut src = ctx.source()?;
+    src.line(format_args!("1|F|1|2"))?;
+    for k in 0..n {
+        // Followers from 10 up: ids nobody else uses.
+        src.line(format_args!("{}|F|{}|2", 2 * k + 2, 10 + k))?;
+        src.line(format_args!("{}|U|{}|2", 2 * k + 3, 10 + k))?;
+    }
+    src.line(format_args!("{status}|S|2"))?;
+    src.line(format_args!("{}|B", status + 1))?;
+    src.flush()?;
+    ctx.detail = format!(" churn_followers={n}");
     let result = watch.join();
     src.close()?;
     result
