@@ -169,28 +169,34 @@ adversarial() {
   done
 }
 
-floor_done=
-while IFS= read -r entry; do
-  [ -n "${entry// }" ] || continue
-  name=${entry%%=*}
-  cmd=${entry#*=}
-  header=
-  for w in "${workloads[@]}"; do
-    # The floor is the relay's, not a server's: measured once per invocation.
-    if [ "$w" = floor ]; then
-      [ -z "$floor_done" ] || continue
-      floor_done=1
-    fi
-    server_name=$name server_cmd=$cmd
-    [ "$w" != floor ] || { server_name=floor server_cmd=./target/release/floor-relay; }
-    if [ "$w" = adversarial ] || [ "$w" = adversarial-smoke ]; then
-      adversarial "${w#adversarial-}"
-      header=
-      continue
-    fi
-    [ -n "$header" ] || { row server workload run events/s notifications/s server_cpu_s server_rss_kib sim_cpu_s p50_us p99_us p999_us max_us result; header=1; }
-    envs=$(workload_env "$w")
-    for run in $(seq 1 "$RUNS"); do
+# Runs are interleaved (round 1 of every server and workload, then round 2, ...): the
+# machine's load drifts over minutes, and a ratio (a server against the floor, maze-sim
+# against a server) is then taken between neighbouring runs, not between the start and
+# the end of the invocation.
+header=
+for run in $(seq 1 "$RUNS"); do
+  floor_done=
+  while IFS= read -r entry; do
+    [ -n "${entry// }" ] || continue
+    name=${entry%%=*}
+    cmd=${entry#*=}
+    for w in "${workloads[@]}"; do
+      # The floor is the relay's, not a server's: measured once per round.
+      if [ "$w" = floor ]; then
+        [ -z "$floor_done" ] || continue
+        floor_done=1
+      fi
+      server_name=$name server_cmd=$cmd
+      [ "$w" != floor ] || { server_name=floor server_cmd=./target/release/floor-relay; }
+      if [ "$w" = adversarial ] || [ "$w" = adversarial-smoke ]; then
+        # Its own table, with its own RUNS loop: once per invocation.
+        [ "$run" = 1 ] || continue
+        adversarial "${w#adversarial-}"
+        header=
+        continue
+      fi
+      [ -n "$header" ] || { row server workload run events/s notifications/s server_cpu_s server_rss_kib sim_cpu_s p50_us p99_us p999_us max_us result; header=1; }
+      envs=$(workload_env "$w")
       log=$(mktemp)
       start_server "$server_cmd" "$log"
       level=warn; [ "$w" = soak ] && level=info # the soak's RSS samples are info lines
@@ -219,8 +225,8 @@ while IFS= read -r entry; do
       fi
       rm -f "$log" "$log.sim"
     done
-  done
-done <<<"$SERVERS"
+  done <<<"$SERVERS"
+done
 # The report of every row above (the adversarial table is its own): medians, and each
 # server's classic CPU as a multiple of the floor's, are bench-report's alone.
 if [ -n "${tsv_started:-}" ]; then
