@@ -9,8 +9,13 @@
 //! waits, which it does only if the verifier's clients lag the source by that much, more
 //! than the server's own window holds); emptied blocks go back to the source to be
 //! filled again.
+//!
+//! Each block also carries the seq the source's latency stamp for that write will name
+//! (see latency.rs), so the model can tell each event's stamp run without a seq per
+//! owed line: [`FeedRx::stamp_after`].
 
 use crate::gen::{Ev, Kind};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
@@ -22,8 +27,8 @@ const MAX_WAITING: usize = 1 << 20;
 
 /// An event as handed over: 16 bytes where an [`Ev`] takes 40 (every event is written by
 /// the source and read back by the model, both missing the cache). The seq with the kind
-/// in bits 56..59 and `omitted` in bit 63 (seqs stay below 2^56: see expected.rs); ids
-/// fit 32 bits (`GenConfig::new`).
+/// in bits 56..59 and `omitted` in bit 63 (seqs stay below 2^56: main.rs refuses more
+/// events); ids fit 32 bits (`GenConfig::new`).
 #[derive(Clone, Copy)]
 struct Packed {
     seq: u64,
@@ -73,12 +78,17 @@ impl Packed {
     }
 }
 
+/// A block of events and the seq its write's stamp names (at most its last seq).
+type Block = (Vec<Packed>, u64);
+
 /// The source's end.
 pub struct FeedTx {
     block: Vec<Packed>,
-    tx: Sender<Vec<Packed>>,
+    tx: Sender<Block>,
     spent: Receiver<Vec<Packed>>,
     waiting: Arc<AtomicUsize>,
+    /// The highest stamp seq handed over.
+    stamped: u64,
 }
 
 /// The model's end: an iterator of the events handed over so far.
@@ -86,10 +96,16 @@ pub struct FeedRx {
     block: Vec<Packed>,
     /// Events of `block` taken.
     taken: usize,
-    rx: Receiver<Vec<Packed>>,
+    rx: Receiver<Block>,
     spent: Sender<Vec<Packed>>,
     waiting: Arc<AtomicUsize>,
     ended: bool,
+    /// Stamp seqs handed over and not yet passed by the events taken, in order.
+    stamps: VecDeque<u64>,
+    /// The first of `stamps`, or `u64::MAX`: one comparison per event.
+    next_stamp: u64,
+    /// The highest stamp seq below the last event taken's seq (0: none).
+    after: u64,
 }
 
 pub fn feed() -> (FeedTx, FeedRx) {
@@ -102,6 +118,7 @@ pub fn feed() -> (FeedTx, FeedRx) {
             tx,
             spent: spent_rx,
             waiting: waiting.clone(),
+            stamped: 0,
         },
         FeedRx {
             block: Vec::new(),
@@ -110,6 +127,9 @@ pub fn feed() -> (FeedTx, FeedRx) {
             spent: spent_tx,
             waiting,
             ended: false,
+            stamps: VecDeque::new(),
+            next_stamp: u64::MAX,
+            after: 0,
         },
     )
 }
@@ -119,11 +139,14 @@ impl FeedTx {
         self.block.push(Packed::new(ev));
     }
 
-    /// Hands over what was pushed (before the source writes it).
-    pub fn hand_over(&mut self) {
-        if self.block.is_empty() {
+    /// Hands over what was pushed, before the source writes it; `stamp` is the seq the
+    /// write's latency stamp will name. A new stamp seq goes over even with no events:
+    /// every stamp's seq must be one the model knows (see [`FeedRx::stamp_after`]).
+    pub fn hand_over(&mut self, stamp: u64) {
+        if self.block.is_empty() && stamp <= self.stamped {
             return;
         }
+        self.stamped = self.stamped.max(stamp);
         // (Unless the model is gone: then nothing will be taken.)
         while self.waiting.load(Ordering::Acquire) > MAX_WAITING
             && Arc::strong_count(&self.waiting) > 1
@@ -139,7 +162,7 @@ impl FeedTx {
             .unwrap_or_else(|_| Vec::with_capacity(self.block.len()));
         let block = std::mem::replace(&mut self.block, next);
         // The model gone (the run failed) is no reason for the source to stop.
-        let _ = self.tx.send(block);
+        let _ = self.tx.send((block, stamp));
     }
 }
 
@@ -147,6 +170,26 @@ impl FeedRx {
     /// Whether the source has handed over its last event and all were taken.
     pub fn ended(&self) -> bool {
         self.ended && self.taken == self.block.len()
+    }
+
+    /// The highest stamp seq below the seq of the last event taken: events with the same
+    /// value are timed from the same stamp. Every stamp the source makes names a seq it
+    /// handed over with a block no later than the block of the events that stamp covers,
+    /// so this is final when the event is taken.
+    pub fn stamp_after(&self) -> u64 {
+        self.after
+    }
+
+    #[cold]
+    fn pass_stamps(&mut self, seq: u64) {
+        while let Some(&s) = self.stamps.front() {
+            if s >= seq {
+                break;
+            }
+            self.after = s;
+            self.stamps.pop_front();
+        }
+        self.next_stamp = self.stamps.front().copied().unwrap_or(u64::MAX);
     }
 }
 
@@ -159,10 +202,20 @@ impl Iterator for FeedRx {
         loop {
             if let Some(&ev) = self.block.get(self.taken) {
                 self.taken += 1;
-                return Some(ev.ev());
+                let ev = ev.ev();
+                if ev.seq > self.next_stamp {
+                    self.pass_stamps(ev.seq);
+                }
+                return Some(ev);
             }
             let next = match self.rx.try_recv() {
-                Ok(block) => block,
+                Ok((block, stamp)) => {
+                    if self.stamps.back().is_none_or(|&s| s < stamp) && stamp > self.after {
+                        self.stamps.push_back(stamp);
+                        self.next_stamp = self.next_stamp.min(stamp);
+                    }
+                    block
+                }
                 Err(TryRecvError::Empty) => return None,
                 Err(TryRecvError::Disconnected) => {
                     self.ended = true;
@@ -193,7 +246,7 @@ mod tests {
             sent.push(ev);
             tx.push(ev);
         }
-        tx.hand_over();
+        tx.hand_over(0);
         drop(tx);
         assert_eq!(rx.collect::<Vec<_>>(), sent);
     }
@@ -207,19 +260,56 @@ mod tests {
             tx.push(Ev::new(seq, Kind::Broadcast, 0, 0));
         }
         assert_eq!(rx.next(), None, "pushed, not handed over");
-        tx.hand_over();
+        tx.hand_over(0);
         tx.push(Ev::new(6, Kind::Broadcast, 0, 0));
-        tx.hand_over();
+        tx.hand_over(0);
         let seqs: Vec<u64> = rx.by_ref().map(|e| e.seq).collect();
         assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
         assert!(!rx.ended());
         tx.push(Ev::new(7, Kind::Broadcast, 0, 0));
-        tx.hand_over();
+        tx.hand_over(0);
         drop(tx);
         assert_eq!(rx.next().map(|e| e.seq), Some(7));
         assert!(!rx.ended());
         assert_eq!(rx.next(), None);
         assert!(rx.ended());
+    }
+
+    /// Against the naive rule (the highest stamp seq below the event's, of all stamps
+    /// handed over in the whole run), with stamps as the source makes them: a block's
+    /// stamp is at least the last seq of the block before and at most its own last,
+    /// and a stamp may come with no events.
+    #[test]
+    fn each_event_knows_the_stamp_run_it_is_in() {
+        let mut rng = crate::gen::Rng::new(5);
+        let (mut tx, mut rx) = feed();
+        let (mut seq, mut prev_end, mut stamps) = (0u64, 0u64, Vec::new());
+        let mut taken = Vec::new();
+        for _ in 0..2_000 {
+            let n = rng.below(4) * rng.below(20);
+            for _ in 0..n {
+                seq += 1;
+                tx.push(Ev::new(seq, Kind::Private, 1, 2));
+            }
+            let stamp = prev_end + rng.below(seq - prev_end + 1);
+            tx.hand_over(stamp);
+            stamps.push(stamp);
+            prev_end = seq;
+            // Taken at once or some blocks later (with later stamps known by then).
+            if rng.below(3) == 0 {
+                while let Some(e) = rx.next() {
+                    taken.push((e.seq, rx.stamp_after()));
+                }
+            }
+        }
+        while let Some(e) = rx.next() {
+            taken.push((e.seq, rx.stamp_after()));
+        }
+        assert_eq!(taken.len() as u64, seq);
+        let naive = |s: u64| stamps.iter().copied().filter(|&t| t < s).max().unwrap_or(0);
+        for (s, after) in taken {
+            assert_eq!(after, naive(s), "seq {s}");
+        }
     }
 
     #[test]
@@ -228,10 +318,10 @@ mod tests {
         for seq in 0..MAX_WAITING as u64 + 1 {
             tx.push(Ev::new(seq, Kind::Broadcast, 0, 0));
         }
-        tx.hand_over(); // over the bound now
+        tx.hand_over(0); // over the bound now
         let source = std::thread::spawn(move || {
             tx.push(Ev::new(0, Kind::Broadcast, 0, 0));
-            tx.hand_over(); // waits until the model takes a block
+            tx.hand_over(0); // waits until the model takes a block
             tx
         });
         std::thread::sleep(Duration::from_millis(50));
@@ -241,9 +331,9 @@ mod tests {
         for seq in 0..MAX_WAITING as u64 + 1 {
             tx.push(Ev::new(seq, Kind::Broadcast, 0, 0));
         }
-        tx.hand_over();
+        tx.hand_over(0);
         drop(rx); // the run failed: the model is gone
         tx.push(Ev::new(0, Kind::Broadcast, 0, 0));
-        tx.hand_over(); // returns
+        tx.hand_over(0); // returns
     }
 }

@@ -129,10 +129,6 @@ impl Line {
         self.start = ev.render(head);
     }
 
-    pub fn bytes(&self) -> &[u8] {
-        &self.buf[self.start..MAX_LINE]
-    }
-
     /// Appends the line to `out`.
     #[inline(always)]
     pub fn append_to(&self, out: &mut Vec<u8>) {

@@ -15,11 +15,20 @@ pub trait EventSource: Iterator<Item = Ev> {
     fn ended(&self) -> bool {
         true
     }
+
+    /// The latency stamp run of the last event given (see [`FeedRx::stamp_after`]).
+    fn stamp_after(&self) -> u64 {
+        0
+    }
 }
 
 impl EventSource for FeedRx {
     fn ended(&self) -> bool {
         FeedRx::ended(self)
+    }
+
+    fn stamp_after(&self) -> u64 {
+        FeedRx::stamp_after(self)
     }
 }
 
@@ -116,6 +125,12 @@ impl<I: EventSource> Model<I> {
             Kind::NoOp => {}
         }
         Some(ev)
+    }
+
+    /// The latency stamp run of the event last stepped: events with equal values are
+    /// timed from one stamp.
+    pub fn stamp_after(&self) -> u64 {
+        self.events.stamp_after()
     }
 
     fn conns_of(&self, user: u64, out: &mut Vec<usize>) {
