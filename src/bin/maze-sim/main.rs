@@ -373,7 +373,8 @@ fn run(s: &Settings) -> Outcome {
         .map(rss_sampler);
     for session in 0..sessions {
         let gen_cfg = gen_config(s, session, hot_user);
-        let (feed_tx, feed_rx) = feed::feed();
+        let (mut feed_tx, feed_rx) = feed::feed();
+        feed_tx.keep_only(watch.iter().map(|&(u, _)| u));
         let mut model = Model::new(feed_rx);
         for &(u, i) in &watch {
             model.watch(u, i);

@@ -1,7 +1,8 @@
 //! The model: what each watched connection must receive, by the rules of SPEC.md.
 //!
-//! It replays the generated stream in seq order on its own follow graph and hands each
-//! event to the connections it notifies. It runs lazily, only as far as the verifier
+//! It replays the generated stream in seq order (the events that can matter to it: see
+//! [`crate::feed::FeedTx::keep_only`]) on its own follow graph and hands each event to the
+//! connections it notifies. It runs lazily, only as far as the verifier
 //! needs, so its memory is the follow graph plus what clients have yet to receive.
 
 use crate::feed::FeedRx;
