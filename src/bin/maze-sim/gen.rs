@@ -129,10 +129,6 @@ impl Line {
         self.start = ev.render(head);
     }
 
-    pub fn bytes(&self) -> &[u8] {
-        &self.buf[self.start..MAX_LINE]
-    }
-
     /// Appends the line to `out`.
     #[inline(always)]
     pub fn append_to(&self, out: &mut Vec<u8>) {
@@ -200,6 +196,89 @@ impl GenConfig {
     }
 }
 
+/// Users at most this many: the edge set is a bit per (from, to) pair (at most 512 KiB).
+const EDGE_BITS_USERS: u64 = 2048;
+
+/// The generator's edges as a set of `from << 32 | to`: a bit per pair while users are
+/// few, a hash set beyond. A hash set's lookup, on every follow and unfollow, read its
+/// control bytes and then its slot, each a miss, and hashed first.
+enum EdgeSet {
+    Bits {
+        bits: Vec<u64>,
+        users: u64,
+        len: usize,
+    },
+    Hash(HashSet<u64>),
+}
+
+impl EdgeSet {
+    fn new(users: u64) -> EdgeSet {
+        match users <= EDGE_BITS_USERS {
+            true => EdgeSet::Bits {
+                bits: vec![0; ((users + 1) * (users + 1)).div_ceil(64) as usize],
+                users,
+                len: 0,
+            },
+            false => EdgeSet::Hash(HashSet::new()),
+        }
+    }
+
+    /// The bit of `edge`: ids are in `1..=users`.
+    #[inline]
+    fn bit(edge: u64, users: u64) -> (usize, u64) {
+        let i = (edge >> 32) * (users + 1) + (edge & u64::from(u32::MAX));
+        ((i / 64) as usize, 1 << (i % 64))
+    }
+
+    /// Adds `edge`; whether it was new.
+    #[inline]
+    fn insert(&mut self, edge: u64) -> bool {
+        match self {
+            EdgeSet::Bits { bits, users, len } => {
+                let (w, b) = Self::bit(edge, *users);
+                let new = bits[w] & b == 0;
+                bits[w] |= b;
+                *len += usize::from(new);
+                new
+            }
+            EdgeSet::Hash(set) => set.insert(edge),
+        }
+    }
+
+    #[inline]
+    fn remove(&mut self, edge: u64) {
+        match self {
+            EdgeSet::Bits { bits, users, len } => {
+                let (w, b) = Self::bit(edge, *users);
+                *len -= usize::from(bits[w] & b != 0);
+                bits[w] &= !b;
+            }
+            EdgeSet::Hash(set) => {
+                set.remove(&edge);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn contains(&self, edge: u64) -> bool {
+        match self {
+            EdgeSet::Bits { bits, users, .. } => {
+                let (w, b) = Self::bit(edge, *users);
+                bits[w] & b != 0
+            }
+            EdgeSet::Hash(set) => set.contains(&edge),
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        match self {
+            EdgeSet::Bits { len, .. } => *len,
+            EdgeSet::Hash(set) => set.len(),
+        }
+    }
+}
+
 /// The stream itself: an iterator of events in seq order.
 pub struct Gen {
     cfg: GenConfig,
@@ -209,17 +288,17 @@ pub struct Gen {
     /// adding one twice: `from << 32 | to` (ids fit 32 bits: `GenConfig::new`), half the
     /// bytes of a pair, and the set is looked up at random on every follow.
     edges: Vec<u64>,
-    edge_set: HashSet<u64>,
+    edge_set: EdgeSet,
 }
 
 impl Gen {
     pub fn new(cfg: GenConfig) -> Gen {
         Gen {
             rng: Rng::new(cfg.seed ^ 0x6d61_7a65),
+            edge_set: EdgeSet::new(cfg.users),
             cfg,
             seq: 0,
             edges: Vec::new(),
-            edge_set: HashSet::new(),
         }
     }
 
@@ -245,7 +324,7 @@ impl Gen {
         }
         let i = self.rng.below(self.edges.len() as u64) as usize;
         let edge = self.edges.swap_remove(i);
-        self.edge_set.remove(&edge);
+        self.edge_set.remove(edge);
         Some((edge >> 32, edge & u64::from(u32::MAX)))
     }
 
@@ -341,6 +420,18 @@ mod tests {
     }
 
     #[test]
+    fn the_edge_bits_give_the_stream_a_hash_set_gives() {
+        let cfg = GenConfig::new(300_000, 60, 4);
+        let mut hashed = Gen::new(cfg.clone());
+        hashed.edge_set = EdgeSet::Hash(HashSet::new());
+        assert!(matches!(
+            Gen::new(cfg.clone()).edge_set,
+            EdgeSet::Bits { .. }
+        ));
+        assert!(Gen::new(cfg).eq(hashed));
+    }
+
+    #[test]
     fn seqs_run_from_one_in_order_and_ids_in_range() {
         for (i, e) in Gen::new(GenConfig::new(20_000, 50, 7)).enumerate() {
             assert_eq!(e.seq, i as u64 + 1);
@@ -373,6 +464,20 @@ mod tests {
         }
         assert!(g.edges.len() <= 40);
         assert_eq!(g.edges.len(), g.edge_set.len());
+        // Both kinds of set hold what the edge list holds.
+        for users in [10, 1 << 20] {
+            let mut g = Gen::new(GenConfig::new(100_000, users, 3));
+            let mut all = HashSet::new();
+            for e in g.by_ref() {
+                if e.kind == Kind::Follow && e.from != e.to {
+                    all.insert(e.from << 32 | e.to);
+                }
+            }
+            for &e in &g.edges {
+                assert!(g.edge_set.contains(e) && all.contains(&e));
+            }
+            assert_eq!(g.edges.len(), g.edge_set.len());
+        }
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! After each write the source stamps (the highest seq of the batches now written in
 //! full, the time), at most one stamp per `COALESCE` (a later write within it only raises
 //! the seq, so its events count from the earlier time: at most that much too long). The
-//! verifier takes the new stamps once per read call, finds each line's stamp (from the
-//! connection's own cursor: its lines come in seq order), and records one histogram value
-//! per run of lines read together with the same stamp, with the clock read once per read
-//! call. Events of a batch written in several pieces (batches over 60 KiB, or cut by a
+//! verifier takes the new stamps once per read call, finds the stamp of each stamp run
+//! of lines read (the lines between two seqs the source stamps: it hands the model each
+//! such seq with the events, feed.rs; found from the connection's own cursor: its lines
+//! come in seq order), and records one histogram value per run of lines read together
+//! with the same stamp, with the clock read once per read call. Events of a batch written in several pieces (batches over 60 KiB, or cut by a
 //! full-speed write) count from the write that completed their batch, so they may read as
 //! faster than they were, never slower.
 
@@ -105,13 +106,26 @@ impl Latency {
     /// Most lines belong to the run in progress: two comparisons.
     #[inline]
     pub fn line(&mut self, seq: u64, now: Instant, cursor: &mut u64) {
+        self.lines_of(seq, 1, now, cursor);
+    }
+
+    /// `n` lines read in the current read call whose seqs are above stamp seq `after`
+    /// and at most the next stamp's: one stamp times them all, the one of seq
+    /// `after + 1`.
+    #[inline]
+    pub fn lines(&mut self, after: u64, n: u64, now: Instant, cursor: &mut u64) {
+        self.lines_of(after + 1, n, now, cursor);
+    }
+
+    #[inline]
+    fn lines_of(&mut self, seq: u64, n: u64, now: Instant, cursor: &mut u64) {
         match &mut self.run {
-            Some(r) if seq > r.after && seq <= r.upto => r.lines += 1,
-            _ => self.new_run(seq, now, cursor),
+            Some(r) if seq > r.after && seq <= r.upto => r.lines += n,
+            _ => self.new_run(seq, n, now, cursor),
         }
     }
 
-    fn new_run(&mut self, seq: u64, now: Instant, cursor: &mut u64) {
+    fn new_run(&mut self, seq: u64, n: u64, now: Instant, cursor: &mut u64) {
         let mut k = (*cursor).max(self.dropped);
         while self
             .stamps
@@ -134,7 +148,7 @@ impl Latency {
             after,
             upto,
             sent,
-            lines: 1,
+            lines: n,
         });
     }
 
@@ -268,6 +282,65 @@ mod tests {
             "{}",
             all.max()
         );
+    }
+
+    /// Lines counted per stamp run (`lines`) give the histogram that timing each line
+    /// (`line`) gives, when every stamp's seq is one of the run bounds: some stamps
+    /// merged, some lines read before their stamp, reads of random length.
+    #[test]
+    fn lines_counted_per_run_are_timed_as_each_line() {
+        let mut rng = crate::gen::Rng::new(11);
+        let stamps = Stamps::default();
+        let t0 = Instant::now();
+        // Run bounds: every seq the source stamps after a write.
+        let mut bounds = vec![0u64];
+        for k in 1..=300u64 {
+            let seq = bounds[bounds.len() - 1] + 1 + rng.below(40);
+            bounds.push(seq);
+            // 10-40 us apart: about half merge.
+            stamps.sent(seq, t0 + Duration::from_micros(k * 25 + rng.below(15)));
+        }
+        let (mut each, mut runs) = (Latency::new(), Latency::new());
+        each.restart(stamps.clone());
+        runs.restart(Stamps::default());
+        each.sync();
+        runs.stamps = each.stamps.clone();
+        let (mut c1, mut c2) = (0, 0);
+        let mut seq = 0;
+        let last = bounds[bounds.len() - 1] + 50; // some lines never stamped
+        let mut now = t0 + Duration::from_millis(5);
+        while seq < last {
+            now += Duration::from_micros(rng.below(3_000));
+            let mut counted: Vec<(u64, u64)> = Vec::new();
+            for _ in 0..rng.below(60) {
+                seq += 1 + rng.below(4);
+                each.line(seq, now, &mut c1);
+                let after = bounds
+                    .iter()
+                    .copied()
+                    .filter(|&b| b < seq)
+                    .max()
+                    .unwrap_or(0);
+                match counted.last_mut() {
+                    Some((a, n)) if *a == after => *n += 1,
+                    _ => counted.push((after, 1)),
+                }
+            }
+            for (after, n) in counted {
+                runs.lines(after, n, now, &mut c2);
+            }
+            each.record(now);
+            runs.record(now);
+        }
+        let buckets = |l: &mut Latency| -> Vec<(u64, u64)> {
+            let h = l.total();
+            let v = h.iter_recorded();
+            v.map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect()
+        };
+        let want = buckets(&mut each);
+        assert!(want.len() > 50, "{}", want.len());
+        assert_eq!(buckets(&mut runs), want);
     }
 
     #[test]

@@ -185,7 +185,7 @@ fn settings() -> Result<Settings, String> {
     if s.clients == 0 || s.users < s.clients || s.users > u64::from(u32::MAX) || s.max_batch == 0 {
         return Err("need concurrencyLevel >= 1, concurrencyLevel <= numberOfUsers <= 4294967295, maxEventSourceBatchSize >= 1".into());
     }
-    // The verifier keeps an owed line's seq in 56 bits (expected.rs).
+    // The feed packs a seq in 56 bits (feed.rs).
     if s.total >= 1 << 56 {
         return Err(format!("need totalEvents < {}", 1u64 << 56));
     }
@@ -373,7 +373,8 @@ fn run(s: &Settings) -> Outcome {
         .map(rss_sampler);
     for session in 0..sessions {
         let gen_cfg = gen_config(s, session, hot_user);
-        let (feed_tx, feed_rx) = feed::feed();
+        let (mut feed_tx, feed_rx) = feed::feed();
+        feed_tx.keep_only(watch.iter().map(|&(u, _)| u));
         let mut model = Model::new(feed_rx);
         for &(u, i) in &watch {
             model.watch(u, i);

@@ -1,7 +1,8 @@
 //! The model: what each watched connection must receive, by the rules of SPEC.md.
 //!
-//! It replays the generated stream in seq order on its own follow graph and hands each
-//! event to the connections it notifies. It runs lazily, only as far as the verifier
+//! It replays the generated stream in seq order (the events that can matter to it: see
+//! [`crate::feed::FeedTx::keep_only`]) on its own follow graph and hands each event to the
+//! connections it notifies. It runs lazily, only as far as the verifier
 //! needs, so its memory is the follow graph plus what clients have yet to receive.
 
 use crate::feed::FeedRx;
@@ -15,11 +16,20 @@ pub trait EventSource: Iterator<Item = Ev> {
     fn ended(&self) -> bool {
         true
     }
+
+    /// The latency stamp run of the last event given (see [`FeedRx::stamp_after`]).
+    fn stamp_after(&self) -> u64 {
+        0
+    }
 }
 
 impl EventSource for FeedRx {
     fn ended(&self) -> bool {
         FeedRx::ended(self)
+    }
+
+    fn stamp_after(&self) -> u64 {
+        FeedRx::stamp_after(self)
     }
 }
 
@@ -30,8 +40,13 @@ pub struct Model<I> {
     events: I,
     /// user -> its watched slot + 1 (0: not watched): asked of every event.
     slots: ByUser<u32, { 1 << 22 }>,
-    /// slot -> indices of the watched connections of its user.
+    /// slot -> indices of the watched connections of its user, as they are added.
     conns: Vec<Vec<usize>>,
+    /// The same, laid out flat once stepping starts: slot `s` has
+    /// `flat[start[s]..start[s + 1]]`. A status update asks it of each follower, and a
+    /// `Vec` per slot was a pointer to chase and miss each time.
+    flat: Vec<usize>,
+    start: Vec<u32>,
     /// user -> slots of that user's *watched* followers: only they can be notified, so
     /// the edges of users nobody watches are not kept (in the classic run, nine in ten).
     /// Few per user: a list, not a set.
@@ -49,6 +64,8 @@ impl<I: EventSource> Model<I> {
             events,
             slots: ByUser::default(),
             conns: Vec::new(),
+            flat: Vec::new(),
+            start: Vec::new(),
             followers: ByUser::default(),
             all: Vec::new(),
             last_seq: 0,
@@ -71,6 +88,7 @@ impl<I: EventSource> Model<I> {
         };
         self.conns[slot as usize].push(conn);
         self.all.push(conn);
+        self.start.clear();
     }
 
     /// Steps one event: fills `out` with the watched connections it notifies and returns
@@ -79,6 +97,9 @@ impl<I: EventSource> Model<I> {
     /// sees them.
     pub fn step(&mut self, out: &mut Vec<usize>) -> Option<Ev> {
         out.clear();
+        if self.start.is_empty() {
+            self.lay_out();
+        }
         let Some(ev) = self.events.next() else {
             self.exhausted = self.events.ended();
             return None;
@@ -118,6 +139,12 @@ impl<I: EventSource> Model<I> {
         Some(ev)
     }
 
+    /// The latency stamp run of the event last stepped: events with equal values are
+    /// timed from one stamp.
+    pub fn stamp_after(&self) -> u64 {
+        self.events.stamp_after()
+    }
+
     fn conns_of(&self, user: u64, out: &mut Vec<usize>) {
         if let Some(slot) = self.slot(user) {
             self.slot_conns(slot, out);
@@ -128,9 +155,21 @@ impl<I: EventSource> Model<I> {
     /// slice called memcpy.
     #[inline]
     fn slot_conns(&self, slot: u32, out: &mut Vec<usize>) {
-        for &c in &self.conns[slot as usize] {
+        let s = slot as usize;
+        for &c in &self.flat[self.start[s] as usize..self.start[s + 1] as usize] {
             out.push(c);
         }
+    }
+
+    #[cold]
+    fn lay_out(&mut self) {
+        self.flat = self.conns.concat();
+        self.start = std::iter::once(0)
+            .chain(self.conns.iter().scan(0, |end, c| {
+                *end += c.len() as u32;
+                Some(*end)
+            }))
+            .collect();
     }
 
     #[inline]

@@ -147,7 +147,7 @@ impl Out<'_> {
     /// Writes what waits, and stamps the batches now written in full.
     fn flush(&mut self, rng: &mut Rng) -> io::Result<()> {
         if let Some(feed) = self.feed.as_mut() {
-            feed.hand_over();
+            feed.hand_over(self.complete);
         }
         if self.fragment {
             let mut rest = &self.bytes[..];

@@ -36,7 +36,7 @@ struct Watched {
     /// Suffix mode: the first line while it is incomplete.
     partial: Vec<u8>,
     received: u64,
-    /// Where this connection's last line found its latency stamp (see [`Latency::line`]).
+    /// Where this connection's last line found its latency stamp (see [`Latency::lines`]).
     stamp: u64,
     /// Last time this connection had nothing to wait for, or received bytes.
     since: Instant,
@@ -201,6 +201,7 @@ impl Verifier {
         if let Some(ev) = stepped {
             if !recipients.is_empty() {
                 self.line.render(&ev);
+                let after = model.stamp_after();
                 for &c in &recipients {
                     let w = &mut self.conns[c];
                     if w.expected.is_empty() {
@@ -209,7 +210,7 @@ impl Verifier {
                             self.exact_waiting += 1;
                         }
                     }
-                    w.expected.push(ev.seq, &self.line);
+                    w.expected.push(&self.line, after);
                 }
             }
         }
@@ -323,9 +324,9 @@ impl Verifier {
         let was_waiting = !w.expected.is_empty();
         let (latency, now, stamp) = (&mut self.latency, self.now, &mut w.stamp);
         let mut lines = 0;
-        w.expected.matched(k, |seq| {
-            lines += 1;
-            latency.line(seq, now, stamp);
+        w.expected.matched(k, |after, n| {
+            lines += n;
+            latency.lines(after, n, now, stamp);
         });
         w.received += lines;
         self.tally.notifications += lines;
@@ -346,7 +347,7 @@ impl Verifier {
     fn mismatch(&mut self, i: usize, data: &[u8], k: usize) -> Failure {
         let w = &mut self.conns[i];
         w.received += 1;
-        let Some((_, line, at)) = w.expected.line_at(0) else {
+        let Some((line, at)) = w.expected.current_line() else {
             let got = self.rest_of_line(i, Vec::new(), &data[k..]);
             let msg = format!("got an extra line {:?}", String::from_utf8_lossy(&got));
             return self.describe(i, &msg);
@@ -397,7 +398,7 @@ impl Verifier {
                 && !w.expected.is_empty()
                 && now.duration_since(w.since) > self.timeout
             {
-                let line = w.expected.line_at(0).map_or(&[][..], |(_, line, _)| line);
+                let line = w.expected.current_line().map_or(&[][..], |(line, _)| line);
                 return Err(self.describe(
                     i,
                     &format!(
