@@ -54,7 +54,8 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
 pub const MAX_SOURCES: usize = 64;
 /// Source bytes read per loop turn, so clients get flushed while a fast source streams.
 const READ_BUDGET: usize = 512 * 1024;
-/// Window steps (events delivered, ranges skipped, lines taken) per loop turn.
+/// Window steps (events delivered, ranges skipped, runs of source lines taken) per loop
+/// turn.
 const POP_BUDGET: usize = 64 * 1024;
 /// Notifications appended per loop turn (about 10 ms of work); the turn ends after the
 /// event that reaches it.
