@@ -36,15 +36,17 @@ impl OutBuf {
     }
 
     /// Makes room for `more` bytes: doubling, as a `Vec` does (a client that gets little
-    /// keeps a small buffer: 10,000 of them must not hold 12 KiB each), but not past
-    /// `WRITE_AT` while that is enough (doubling would make it the next power of two);
-    /// past it (a reader that does not keep up) doubling again.
+    /// keeps a small buffer: 10,000 of them must not hold 12 KiB each), but once past a
+    /// quarter of `WRITE_AT` straight to it (doubling would make it the next power of two,
+    /// and each step on the way leaves a freed block behind in the heap: 100 busy clients
+    /// peaked 0.2 MiB higher with the 8 KiB step); past it (a reader that does not keep
+    /// up) doubling again.
     #[cold]
     fn grow(&mut self, more: usize) {
         let need = self.buf.len() + more;
         let doubled = need.max(2 * self.buf.capacity());
-        let target = if need <= WRITE_AT {
-            doubled.min(WRITE_AT)
+        let target = if need <= WRITE_AT && doubled > WRITE_AT / 4 {
+            WRITE_AT
         } else {
             doubled
         };
@@ -183,10 +185,18 @@ mod tests {
         let line = b"1234567|P|123|456\r\n";
         o.append(line);
         assert!(o.buf.capacity() < 64, "a first line: {}", o.buf.capacity());
+        let mut below = 0;
         while o.pending() + line.len() <= WRITE_AT {
+            if o.buf.capacity() < WRITE_AT {
+                below = o.buf.capacity();
+            }
             o.append(line);
         }
         assert_eq!(o.buf.capacity(), WRITE_AT, "filled up to it");
+        assert!(
+            below <= WRITE_AT / 4,
+            "straight from {below} to it, no step between"
+        );
         o.append(line);
         assert!(
             o.buf.capacity() >= WRITE_AT + line.len(),
