@@ -368,6 +368,7 @@ mod tests {
     #[test]
     fn the_events_left_out_change_nothing_the_model_does() {
         use crate::gen::{Gen, GenConfig};
+        use crate::model::tests::received;
         use crate::model::Model;
         let mut cfg = GenConfig::new(300_000, 40, 9);
         cfg.noop_every = 37;
@@ -376,24 +377,8 @@ mod tests {
         cfg.hot_share = 10;
         cfg.hot_user = 3;
         let watched = [(1, 0), (7, 1), (7, 2), (12, 3), (40, 4)];
-        fn run<I: crate::model::EventSource>(
-            model: &mut Model<I>,
-            watched: &[(u64, usize)],
-        ) -> Vec<Vec<u64>> {
-            for &(u, c) in watched {
-                model.watch(u, c);
-            }
-            let mut got = vec![Vec::new(); watched.len()];
-            let mut out = Vec::new();
-            while let Some(e) = model.step(&mut out) {
-                for &c in &out {
-                    got[c].push(e.seq);
-                }
-            }
-            got
-        }
         let all: Vec<Ev> = Gen::new(cfg.clone()).collect();
-        let want = run(&mut Model::new(all.clone().into_iter()), &watched);
+        let want = received(&mut Model::new(all.clone().into_iter()), &watched);
         let (mut tx, rx) = feed();
         tx.keep_only(watched.iter().map(|&(u, _)| u));
         for e in all {
@@ -402,7 +387,7 @@ mod tests {
         tx.hand_over(0);
         let kept = tx.waiting.load(Ordering::Acquire);
         drop(tx);
-        assert_eq!(run(&mut Model::new(rx), &watched), want);
+        assert_eq!(received(&mut Model::new(rx), &watched), want);
         assert!(want.iter().all(|w| w.len() > 1000));
         assert!(kept < 300_000 * 6 / 10, "{kept} kept");
     }

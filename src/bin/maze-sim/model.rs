@@ -227,7 +227,7 @@ impl<T: Default, const DENSE: u64> ByUser<T, DENSE> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn ev(seq: u64, kind: Kind, from: u64, to: u64) -> Ev {
@@ -237,18 +237,29 @@ mod tests {
     /// Runs the model over `events` with connections `conns` (user per index) and returns
     /// each connection's received seqs.
     fn run(events: Vec<Ev>, conns: &[u64]) -> Vec<Vec<u64>> {
+        let watched: Vec<(u64, usize)> = conns.iter().copied().zip(0..).collect();
         let mut m = Model::new(events.into_iter());
-        for (i, &u) in conns.iter().enumerate() {
-            m.watch(u, i);
+        let got = received(&mut m, &watched);
+        assert!(m.exhausted);
+        got
+    }
+
+    /// Watches each (user, connection) pair, steps `model` to the end and returns each
+    /// connection's received seqs.
+    pub(crate) fn received<I: EventSource>(
+        model: &mut Model<I>,
+        watched: &[(u64, usize)],
+    ) -> Vec<Vec<u64>> {
+        for &(u, c) in watched {
+            model.watch(u, c);
         }
-        let mut got = vec![Vec::new(); conns.len()];
+        let mut got = vec![Vec::new(); watched.len()];
         let mut out = Vec::new();
-        while let Some(e) = m.step(&mut out) {
+        while let Some(e) = model.step(&mut out) {
             for &c in &out {
                 got[c].push(e.seq);
             }
         }
-        assert!(m.exhausted);
         got
     }
 
