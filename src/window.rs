@@ -226,7 +226,9 @@ impl ReorderWindow {
             return self.late(ev.seq);
         }
         let distance = ev.seq - self.last;
-        if distance > self.slots.len() as u64 || !ev.canonical {
+        // Past the ring, past `max` (the ring may be larger: a power of two at or above
+        // it), or with a payload to keep: checked.
+        if distance > self.slots.len() as u64 || distance > self.max || !ev.canonical {
             return self.insert_rare(ev, payload, distance);
         }
         let i = self.slot(ev.seq);
@@ -677,6 +679,20 @@ mod tests {
         assert_eq!(w.capacity(), 8, "never past max");
         assert_eq!(w.insert(ev(6), b""), Insert::Stored);
         assert_eq!(drain(&mut w).0, vec![6]);
+    }
+
+    /// `max` is the limit even where the ring is larger than it (the ring is the power of
+    /// two at or above it): found by a fresh-eyes attack with `--max-window 100`.
+    #[test]
+    fn max_holds_exactly_whatever_the_ring_size() {
+        for max in [1u64, 5, 6, 8, 100] {
+            let mut w = ReorderWindow::new(4, max, usize::MAX, LossDetector::new(false));
+            // The ring at its largest: the power of two at or above max.
+            assert_eq!(w.insert(ev(max), b""), Insert::Stored, "max {max}");
+            assert_eq!(w.capacity() as u64, max.next_power_of_two());
+            assert!(!w.fits(&ev(max + 1), b""), "max {max}");
+            assert_eq!(w.insert(ev(max + 1), b""), Insert::Full, "max {max}");
+        }
     }
 
     #[test]

@@ -439,6 +439,33 @@ fn an_event_beyond_max_window_skips_the_oldest_missing_seqs() {
     );
 }
 
+/// The limit is `--max-window` itself, not the ring's size (a power of two at or above
+/// it): found by a fresh-eyes attack.
+#[test]
+fn a_max_window_that_is_not_a_power_of_two_holds_exactly() {
+    let s = Server::start(&[
+        "--max-window",
+        "100",
+        "--gap-timeout-ms",
+        "0",
+        "--loss-detection",
+        "timeout",
+    ]);
+    let mut c = clients(&s, &[1]);
+    let mut src = s.source();
+    // 101 fits (100 beyond the next expected seq, 2) and grows the ring to 128 slots;
+    // 128 does not: 2..=28 are given up on, so 2 arrives late.
+    send_lines(&mut src, &["1|P|0|1", "101|P|0|1", "128|P|0|1", "2|P|0|1"]);
+    drop(src);
+    assert_eq!(
+        c[0].read_lines(3),
+        ["1|P|0|1", "101|P|0|1", "128|P|0|1"],
+        "2 was skipped"
+    );
+    let (_, log) = s.terminate();
+    assert!(log.contains("false_skips=1 "), "2 came after: {log}");
+}
+
 #[test]
 fn sigint_stops_it_like_sigterm() {
     let (status, log) = Server::start(&[]).stop_with(libc::SIGINT);
