@@ -47,14 +47,27 @@ pub enum Insert {
     Full,
 }
 
+/// Why missing seqs were given up on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// The session ended: every gap goes.
+    SessionEnd,
+    /// An event `max` or more ahead, or over the byte budget, needed the room.
+    Room,
+    /// Missing for the gap timeout, or given up on by [`ReorderWindow::skip_gap`].
+    Timeout,
+    /// Far more events waiting than the learned disorder explains.
+    Lost,
+}
+
 /// One step out of the window.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pop {
     /// The next event. If it is not canonical, its original payload is to be taken with
     /// [`take_payload`](ReorderWindow::take_payload).
     Event(Event),
-    /// Missing seqs `from..=through` were given up on.
-    Skipped { from: u64, through: u64 },
+    /// Missing seqs `from..=through` were given up on, and why.
+    Skipped { from: u64, through: u64, why: Skip },
     /// Seq `u64::MAX` is behind: the sequence starts again at 1.
     Wrapped,
 }
@@ -351,28 +364,28 @@ impl ReorderWindow {
     #[cold]
     #[inline(never)]
     fn pop_missing(&mut self) -> Option<Pop> {
-        let through = if self.flushing && self.waiting > 0 {
-            u64::MAX
+        let (through, why) = if self.flushing && self.waiting > 0 {
+            (u64::MAX, Skip::SessionEnd)
         } else if let Some((seq, cost)) = self.wanted {
             if self.fits_cost(seq, cost) {
                 self.wanted = None;
                 return None;
             }
             if !self.fits_distance(seq) {
-                seq - self.max
+                (seq - self.max, Skip::Room)
             } else {
                 // Near enough, but over the byte budget: give up on the oldest gap, which
                 // delivers what waits behind it; at worst the event becomes the next one.
-                seq - 1
+                (seq - 1, Skip::Room)
             }
         } else if self.last < self.gap_through {
-            self.gap_through
+            (self.gap_through, Skip::Timeout)
         } else if self.loss.lost(self.waiting) {
-            u64::MAX // up to the first waiting event
+            (u64::MAX, Skip::Lost) // up to the first waiting event
         } else {
             return None;
         };
-        self.skip_missing(through)
+        self.skip_missing(through, why)
     }
 
     /// Appends the original payload of the non-canonical event `seq` just popped to
@@ -390,7 +403,7 @@ impl ReorderWindow {
     }
 
     /// Moves `last` over missing seqs, up to `through` or the first waiting event.
-    fn skip_missing(&mut self, through: u64) -> Option<Pop> {
+    fn skip_missing(&mut self, through: u64, why: Skip) -> Option<Pop> {
         if through <= self.last {
             return None;
         }
@@ -406,6 +419,7 @@ impl ReorderWindow {
         Some(Pop::Skipped {
             from,
             through: self.last,
+            why,
         })
     }
 
@@ -458,7 +472,7 @@ impl ReorderWindow {
         if self.waiting == 0 {
             return None;
         }
-        self.skip_missing(u64::MAX)
+        self.skip_missing(u64::MAX, Skip::Timeout)
     }
 
     /// Window full for `ev`: from now on, missing seqs are skipped, oldest first, until it
@@ -546,7 +560,7 @@ mod tests {
         while let Some(p) = w.pop() {
             match p {
                 Pop::Event(e) => got.push(e.seq),
-                Pop::Skipped { from, through } => skipped.push((from, through)),
+                Pop::Skipped { from, through, .. } => skipped.push((from, through)),
                 Pop::Wrapped => skipped.push((u64::MAX, 0)),
             }
         }
@@ -639,7 +653,8 @@ mod tests {
             w.skip_gap(),
             Some(Pop::Skipped {
                 from: 1,
-                through: 4
+                through: 4,
+                why: Skip::Timeout
             })
         );
         assert_eq!(drain(&mut w).0, vec![5, 6]);
@@ -647,7 +662,8 @@ mod tests {
             w.skip_gap(),
             Some(Pop::Skipped {
                 from: 7,
-                through: 8
+                through: 8,
+                why: Skip::Timeout
             })
         );
         assert_eq!(drain(&mut w).0, vec![9]);
@@ -836,7 +852,7 @@ mod tests {
     fn account(p: Pop, prev: &mut u64, accounted: &mut u64) {
         let (from, through) = match p {
             Pop::Event(e) => (e.seq, e.seq),
-            Pop::Skipped { from, through } => (from, through),
+            Pop::Skipped { from, through, .. } => (from, through),
             Pop::Wrapped => panic!("never generated"),
         };
         assert_eq!(from, *prev + 1, "nothing lost between pops");
@@ -904,7 +920,7 @@ mod tests {
             }
             most = most.max(w.waiting());
             while let Some(p) = w.pop() {
-                if let Pop::Skipped { from, through } = p {
+                if let Pop::Skipped { from, through, .. } = p {
                     skipped.extend(from..=through);
                 }
             }

@@ -210,7 +210,7 @@ fn a_gap_is_skipped_after_the_gap_timeout() {
     assert_eq!(c[0].read_lines(2), ["3|B", "4|B"]);
     send_lines(&mut src, &["2|B", "5|B"]);
     assert_eq!(c[0].read_lines(1), ["5|B"], "the late 2 is dropped");
-    s.wait_log("seqs 2..=2 skipped");
+    s.wait_log("seqs 2..=2 skipped (1 seqs): missing for the gap timeout;");
 }
 
 #[test]
@@ -300,6 +300,10 @@ fn a_lost_seq_is_skipped_on_evidence_from_the_stream() {
         .unwrap_or_else(|| panic!("{line}"));
     assert!(slots <= 4096, "the window grew to {slots} slots: {line}");
     assert!(line.contains("skipped=1 "), "{line}");
+    assert!(
+        log.contains("seqs 5000..=5000 skipped (1 seqs): lost ("),
+        "the warning says why: {log}"
+    );
     // The same stream with loss detection off and no timeout: nothing past the hole.
     let s = Server::start(&["--gap-timeout-ms", "0", "--loss-detection", "timeout"]);
     let mut c = clients(&s, &[1]).remove(0);

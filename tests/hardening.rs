@@ -464,6 +464,10 @@ fn a_max_window_that_is_not_a_power_of_two_holds_exactly() {
     );
     let (_, log) = s.terminate();
     assert!(log.contains("false_skips=1 "), "2 came after: {log}");
+    assert!(
+        log.contains("seqs 2..=28 skipped (27 seqs): to make room ("),
+        "the warning says why: {log}"
+    );
 }
 
 #[test]

@@ -27,7 +27,7 @@ impl Checker {
                 }
                 (e.seq, e.seq)
             }
-            Pop::Skipped { from, through } => (from, through),
+            Pop::Skipped { from, through, .. } => (from, through),
             Pop::Wrapped => {
                 assert_eq!(self.prev, u64::MAX);
                 self.prev = 0;

@@ -29,7 +29,7 @@ use crate::outbuf::WRITE_AT;
 use crate::router::Router;
 use crate::stats::{Counters, Warn, WarnLimiter};
 use crate::warn_limited;
-use crate::window::{Insert, LossDetector, Pop, ReorderWindow};
+use crate::window::{Insert, LossDetector, Pop, ReorderWindow, Skip};
 use log::{debug, error, info, trace};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};

@@ -53,7 +53,7 @@ impl Server {
                 match pop {
                     Pop::Event(ev) if ev.canonical => self.deliver(&ev, None, now),
                     Pop::Event(ev) => self.deliver_kept(&ev, now),
-                    Pop::Skipped { from, through } => self.skipped(from, through, now),
+                    Pop::Skipped { from, through, why } => self.skipped(from, through, why, now),
                     Pop::Wrapped => {
                         warn_limited!(
                             self.warns,
@@ -357,15 +357,23 @@ impl Server {
         self.note = scratch;
     }
 
-    pub(super) fn skipped(&mut self, from: u64, through: u64, now: Instant) {
+    pub(super) fn skipped(&mut self, from: u64, through: u64, why: Skip, now: Instant) {
         self.stats.seqs_skipped += through - from + 1;
         let stalled = now.saturating_duration_since(self.gap_since);
         self.gap_since = now;
+        let why = match why {
+            Skip::SessionEnd => "the session ended",
+            Skip::Room => {
+                "to make room (an event --max-window or more ahead, or --window-bytes reached)"
+            }
+            Skip::Timeout => "missing for the gap timeout",
+            Skip::Lost => "lost (more events waiting than twice the learned disorder + 512)",
+        };
         warn_limited!(
             self.warns,
             Warn::Skipped,
             now,
-            "seqs {from}..={through} skipped ({} seqs) after {} ms without delivery; {} events waiting, learned disorder {}",
+            "seqs {from}..={through} skipped ({} seqs): {why}; {} ms without delivery, {} events waiting, learned disorder {}",
             through - from + 1,
             stalled.as_millis(),
             self.window.waiting(),
