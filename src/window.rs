@@ -697,6 +697,37 @@ mod tests {
         assert_eq!(drain(&mut w).0, vec![6]);
     }
 
+    /// Each skip says why: the reason reaches the operator's warning.
+    #[test]
+    fn a_skip_says_why() {
+        // Pops until nothing more; the reasons of the skips on the way.
+        let whys = |w: &mut ReorderWindow| {
+            let mut whys = Vec::new();
+            while let Some(p) = w.pop() {
+                if let Pop::Skipped { why, .. } = p {
+                    whys.push(why);
+                }
+            }
+            whys
+        };
+        let mut w = ReorderWindow::new(4, 8, usize::MAX, LossDetector::new(false));
+        w.insert(ev(3), b"");
+        assert_eq!(w.insert(ev(12), b""), Insert::Full);
+        w.make_room(&ev(12), b"");
+        assert_eq!(whys(&mut w), [Skip::Room, Skip::Room], "1-2, then 4");
+        assert_eq!(w.insert(ev(12), b""), Insert::Stored);
+        w.skip_gaps_through(12);
+        assert_eq!(whys(&mut w), [Skip::Timeout]);
+        w.insert(ev(14), b"");
+        w.start_flush();
+        assert_eq!(whys(&mut w), [Skip::SessionEnd]);
+        let mut w = ReorderWindow::new(4, 1 << 20, usize::MAX, LossDetector::new(true));
+        for seq in 2..=600 {
+            w.insert(ev(seq), b"");
+        }
+        assert_eq!(whys(&mut w), [Skip::Lost], "599 waiting, none out of order");
+    }
+
     /// `max` is the limit even where the ring is larger than it (the ring is the power of
     /// two at or above it): found by a fresh-eyes attack with `--max-window 100`.
     #[test]
