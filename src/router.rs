@@ -285,13 +285,8 @@ impl Router {
         match ev.kind {
             Kind::Follow => {
                 let added = self.following.entry(ev.from).or_default().insert(ev.to);
-                if added {
-                    if let Some(&slot) = self.slot_of.get(&ev.from) {
-                        self.connected_followers
-                            .entry(ev.to)
-                            .or_default()
-                            .insert(slot as u64);
-                    }
+                if let (true, Some(&slot)) = (added, self.slot_of.get(&ev.from)) {
+                    index(&mut self.connected_followers, ev.to, slot, true);
                 }
                 self.user_conns(ev.to, out);
             }
@@ -305,12 +300,7 @@ impl Router {
                     self.following.remove(&ev.from);
                 }
                 if let (true, Some(&slot)) = (removed, self.slot_of.get(&ev.from)) {
-                    if let Some(set) = self.connected_followers.get_mut(&ev.to) {
-                        set.remove(slot as u64);
-                        if set.len() == 0 {
-                            self.connected_followers.remove(&ev.to);
-                        }
-                    }
+                    index(&mut self.connected_followers, ev.to, slot, false);
                 }
             }
             Kind::Broadcast => {
@@ -344,6 +334,7 @@ impl Router {
 }
 
 /// Adds `slot` to (or removes it from) `author`'s set of connected followers.
+#[inline]
 fn index(sets: &mut HashMap<u64, UserSet>, author: u64, slot: usize, add: bool) {
     if add {
         sets.entry(author).or_default().insert(slot as u64);
