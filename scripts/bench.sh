@@ -28,8 +28,11 @@
 # server that exits, or does not listen on both ports within 10 s, or whose event port is
 # held by another process, fails the invocation instead of benchmarking something else.
 #
+# Runs are interleaved: round 1 of every server and workload, then round 2, and so on.
+# BIN=DIR takes the binaries from DIR instead of building target/release (the tests).
+#
 # Workloads: floor (the classic 10M events through floor-relay, which hands each line to one
-# client round-robin: no parsing, ordering or routing; run once, whatever SERVERS says; with
+# client round-robin: no parsing, ordering or routing; once per round, whatever SERVERS says; with
 # classic in the same invocation each server's classic CPU is also shown as a multiple of
 # it), classic (10M events, 100 clients, 1,000 users, batches of 100), paced (the classic
 # shape, 1M events paced at eventsPerSecond=100000: latency at equal load, 10 s),
@@ -47,11 +50,14 @@
 # ADV_VERBOSE=1 adds maze-sim's summary line. adversarial-smoke: every attack, tiny sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet
+fi
+BIN=${BIN:-./target/release}
 RUNS=${RUNS:-1}
 EPORT=${BENCH_EVENT_PORT:-19090}
 CPORT=${BENCH_CLIENT_PORT:-19099}
-OURS="./target/release/follower-maze --stats-interval-s 0"
+OURS="$BIN/follower-maze --stats-interval-s 0"
 SERVERS=${SERVERS:-${SERVER_CMD:+custom=$SERVER_CMD}}
 SERVERS=${SERVERS:-ours=$OURS}
 workloads=("$@")
@@ -154,7 +160,7 @@ adversarial() {
       log=$(mktemp)
       start_server "$cmd" "$log"
       summary=$(env $sizes eventListenerPort=$EPORT clientListenerPort=$CPORT logLevel=${logLevel:-info} \
-        timeout=${ADV_TIMEOUT_MS:-60000} ./target/release/maze-sim --scenario adversarial \
+        timeout=${ADV_TIMEOUT_MS:-60000} "$BIN/maze-sim" --scenario adversarial \
         --attack "$a" --server-pid "$pid" 2>"$log.sim" | tail -n 1) || true
       stop_server "$pid"
       turn=$(grep 'final stats:' "$log" | tail -n 1 | tr ' ' '\n' | sed -n 's/^longest_turn_us=//p')
@@ -187,7 +193,7 @@ for run in $(seq 1 "$RUNS"); do
         floor_done=1
       fi
       server_name=$name server_cmd=$cmd
-      [ "$w" != floor ] || { server_name=floor server_cmd=./target/release/floor-relay; }
+      [ "$w" != floor ] || { server_name=floor server_cmd=$BIN/floor-relay; }
       if [ "$w" = adversarial ] || [ "$w" = adversarial-smoke ]; then
         # Its own table, with its own RUNS loop: once per invocation.
         [ "$run" = 1 ] || continue
@@ -202,7 +208,7 @@ for run in $(seq 1 "$RUNS"); do
       level=warn; [ "$w" = soak ] && level=info # the soak's RSS samples are info lines
       summary=$(env $envs ${eventsPerSecond:+eventsPerSecond=$eventsPerSecond} \
         ${totalEvents:+totalEvents=$totalEvents} eventListenerPort=$EPORT clientListenerPort=$CPORT logLevel=$level \
-        ./target/release/maze-sim --server-pid "$pid" 2>>"$log.sim" | tail -n 1) || true
+        "$BIN/maze-sim" --server-pid "$pid" 2>>"$log.sim" | tail -n 1) || true
       kill "$pid" 2>/dev/null || true
       wait "$pid" 2>/dev/null || true
       elapsed=$(field elapsed_s "$summary")
@@ -231,7 +237,7 @@ done
 # server's classic CPU as a multiple of the floor's, are bench-report's alone.
 if [ -n "${tsv_started:-}" ]; then
   echo
-  table=$(./target/release/bench-report "$TSV" --svg "$BENCH_OUT/chart.svg")
+  table=$("$BIN/bench-report" "$TSV" --svg "$BENCH_OUT/chart.svg")
   echo "$table"
   {
     echo "# bench.sh ${workloads[*]}"
