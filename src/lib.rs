@@ -19,6 +19,7 @@ pub mod event;
 pub mod lines;
 pub mod notify;
 pub mod outbuf;
+pub mod prefetch;
 pub mod procfs;
 pub mod rng;
 pub mod router;

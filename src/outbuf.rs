@@ -6,6 +6,7 @@
 //! is up).
 //! The pending byte count is what the server compares against `--client-buffer-limit`.
 
+use crate::prefetch::prefetch;
 use std::io::{self, Write};
 
 /// A buffer drained with more capacity than this releases it at once: only bursts grow a
@@ -33,6 +34,9 @@ impl OutBuf {
             self.grow(bytes.len());
         }
         self.buf.extend_from_slice(bytes);
+        // The next line of this buffer is written a few notifications from now, after
+        // many to other clients have pushed it out of cache: ask for it now.
+        prefetch(self.buf.as_ptr().wrapping_add(self.buf.len() + 64));
     }
 
     /// Makes room for `more` bytes: doubling, as a `Vec` does (a client that gets little

@@ -26,6 +26,7 @@ mod occupancy;
 mod payloads;
 
 use crate::event::Event;
+use crate::prefetch::prefetch;
 pub use loss::LossDetector;
 use occupancy::Occupancy;
 use payloads::Payloads;
@@ -345,6 +346,9 @@ impl ReorderWindow {
             self.slots[i].seq = 0; // empty: the rest of the slot is never read (nor its mark)
             self.last = next;
             self.waiting -= 1;
+            // Half a ring ahead: where events arriving soon will be stored.
+            let ahead = self.slot(next.wrapping_add(self.slots.len() as u64 / 2));
+            prefetch(self.slots.as_ptr().wrapping_add(ahead));
             return Some(Pop::Event(ev));
         }
         // The next seq is not here; usually nothing is to be skipped either. (These are the
