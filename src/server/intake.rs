@@ -120,7 +120,7 @@ impl Server {
                 // Batches are already large; do not hold the tail of a burst back.
                 let _ = stream.set_nodelay(true);
                 let role = Role::Pending {
-                    lines: LineSplitter::new(conn::MAX_ID_LINE, conn::MAX_ID_LINE),
+                    lines: Box::new(LineSplitter::new(conn::MAX_ID_LINE, conn::MAX_ID_LINE)),
                     deadline: now + self.cfg.auth_timeout,
                 };
                 // Edge-triggered: WRITABLE is reported only after a write found the socket

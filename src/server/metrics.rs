@@ -59,12 +59,12 @@ impl Server {
             {
                 continue;
             }
-            let scrape = Scrape {
+            let scrape = Box::new(Scrape {
                 buf: Vec::new(),
                 sent: 0,
                 answered: false,
                 deadline: now + DEADLINE,
-            };
+            });
             entry.insert(Conn::new(stream, serial, Role::Scraper(scrape), now));
             self.scrapers += 1;
         }
