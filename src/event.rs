@@ -224,13 +224,9 @@ impl Event {
     pub fn render<'a>(&self, out: &'a mut [u8; MAX_RENDERED]) -> &'a [u8] {
         let mut at = MAX_RENDERED - 2;
         out[at..].copy_from_slice(b"\r\n");
-        let tag = match self.kind {
-            Kind::Follow => b'F',
-            Kind::Unfollow => b'U',
-            Kind::Private => b'P',
-            Kind::Status => b'S',
-            Kind::Broadcast | Kind::NoOp => b'B',
-        };
+        // A table, not a `match`: a jump on the random kind was mispredicted most times.
+        const TAG: [u8; 6] = [b'F', b'U', b'B', b'P', b'S', b'B'];
+        let tag = TAG[self.kind as usize];
         if matches!(self.kind, Kind::Follow | Kind::Unfollow | Kind::Private) {
             at = put_back(out, at, self.to) - 1;
             out[at] = b'|';
