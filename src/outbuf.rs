@@ -19,6 +19,9 @@ const BURST_CAPACITY: usize = 64 * 1024;
 /// `grow`), not to the next power of two.
 pub const WRITE_AT: usize = 12 * 1024;
 
+/// What [`OutBuf::append_short`] copies, whatever the length committed.
+pub const SHORT: usize = 32;
+
 /// Bytes waiting to be written, with a consumed-prefix cursor.
 #[derive(Default)]
 pub struct OutBuf {
@@ -39,6 +42,26 @@ impl OutBuf {
         prefetch(self.buf.as_ptr().wrapping_add(self.buf.len() + 64));
     }
 
+    /// Queues the first `len` (at most [`SHORT`]) bytes of `block`. All of `block` is
+    /// copied, in two 16-byte moves with neither a `memcpy` call nor a branch on the
+    /// length (a notification is 12-25 bytes, and the call was 6% of the server's time);
+    /// the bytes past `len` land in spare capacity, to be overwritten by the next append.
+    #[inline(always)]
+    pub fn append_short(&mut self, block: &[u8; SHORT], len: usize) {
+        debug_assert!(len <= SHORT);
+        if self.buf.capacity() - self.buf.len() < SHORT {
+            self.grow(SHORT);
+        }
+        let at = self.buf.len();
+        // SAFETY: at least `SHORT` bytes of capacity follow `at` (just ensured), so the
+        // copy stays in the allocation; the `len <= SHORT` bytes committed were written.
+        unsafe {
+            std::ptr::copy_nonoverlapping(block.as_ptr(), self.buf.as_mut_ptr().add(at), SHORT);
+            self.buf.set_len(at + len.min(SHORT));
+        }
+        prefetch(self.buf.as_ptr().wrapping_add(self.buf.len() + 64));
+    }
+
     /// Makes room for `more` bytes: doubling, as a `Vec` does (a client that gets little
     /// keeps a small buffer: 10,000 of them must not hold 12 KiB each), but once past a
     /// quarter of `WRITE_AT` straight to it (doubling would make it the next power of two,
@@ -49,8 +72,9 @@ impl OutBuf {
     fn grow(&mut self, more: usize) {
         let need = self.buf.len() + more;
         let doubled = need.max(2 * self.buf.capacity());
-        let target = if need <= WRITE_AT && doubled > WRITE_AT / 4 {
-            WRITE_AT
+        // `SHORT` more than `WRITE_AT`: a short append copies that much past the end.
+        let target = if need <= WRITE_AT + SHORT && doubled > WRITE_AT / 4 {
+            WRITE_AT + SHORT
         } else {
             doubled
         };
@@ -181,22 +205,30 @@ mod tests {
         assert_eq!(o.pending(), 5);
     }
 
+    /// A line as the server hands it over: `len` bytes at the start of a `SHORT` block.
+    fn block(line: &[u8]) -> [u8; SHORT] {
+        let mut b = [b'#'; SHORT];
+        b[..line.len()].copy_from_slice(line);
+        b
+    }
+
     /// The server writes a buffer before it would pass `WRITE_AT`: a buffer that fills up
-    /// holds that much, not the next power of two; one that gets little stays small.
+    /// holds that much (plus the `SHORT` bytes a short append copies past its end), not
+    /// the next power of two; one that gets little stays small.
     #[test]
     fn a_buffer_grows_to_the_write_size_and_not_past_it() {
         let mut o = OutBuf::default();
         let line = b"1234567|P|123|456\r\n";
-        o.append(line);
+        o.append_short(&block(line), line.len());
         assert!(o.buf.capacity() < 64, "a first line: {}", o.buf.capacity());
         let mut below = 0;
         while o.pending() + line.len() <= WRITE_AT {
             if o.buf.capacity() < WRITE_AT {
                 below = o.buf.capacity();
             }
-            o.append(line);
+            o.append_short(&block(line), line.len());
         }
-        assert_eq!(o.buf.capacity(), WRITE_AT, "filled up to it");
+        assert_eq!(o.buf.capacity(), WRITE_AT + SHORT, "filled up to it");
         assert!(
             below <= WRITE_AT / 4,
             "straight from {below} to it, no step between"
@@ -209,6 +241,35 @@ mod tests {
         let mut o = OutBuf::default();
         o.append(&vec![b'x'; WRITE_AT + 1]);
         assert_eq!(o.pending(), WRITE_AT + 1, "a long first append fits whole");
+    }
+
+    /// Short appends commit their length only: what follows in each block never shows,
+    /// mixed with plain appends, at every fill level of the buffer.
+    #[test]
+    fn short_appends_queue_exactly_their_bytes() {
+        let mut o = OutBuf::default();
+        let mut want = Vec::new();
+        let mut rng = crate::rng::Rng::new(3);
+        let mut sink = Sink {
+            got: Vec::new(),
+            room: usize::MAX,
+            writes: 0,
+        };
+        for k in 0..20_000 {
+            let len = rng.below(SHORT as u64 + 1) as usize;
+            let line: Vec<u8> = (0..len).map(|i| b'a' + ((k + i) % 26) as u8).collect();
+            if rng.below(4) == 0 {
+                o.append(&line);
+            } else {
+                o.append_short(&block(&line), len);
+            }
+            want.extend_from_slice(&line);
+            if o.pending() > WRITE_AT - SHORT {
+                o.write_to(&mut sink).unwrap();
+            }
+        }
+        o.write_to(&mut sink).unwrap();
+        assert_eq!(sink.got, want);
     }
 
     #[test]

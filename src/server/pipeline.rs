@@ -304,17 +304,24 @@ impl Server {
         if self.recipients.is_empty() {
             return;
         }
-        let mut rendered = [0u8; MAX_RENDERED];
+        // Rendered to end at MAX_RENDERED, with SHORT bytes after: a short note is copied
+        // as a fixed SHORT-byte block from its start.
+        let mut rendered = [0u8; MAX_RENDERED + SHORT];
         // Taken out of `self` so a full buffer can be written mid-loop.
         let mut scratch = std::mem::take(&mut self.note);
-        let note: &[u8] = match payload {
+        let (note, short): (&[u8], _) = match payload {
             Some(p) => {
                 scratch.clear();
                 scratch.extend_from_slice(p);
                 scratch.extend_from_slice(b"\r\n");
-                &scratch
+                (&scratch, None)
             }
-            None => ev.render(&mut rendered),
+            None => {
+                let len = ev.render(rendered.first_chunk_mut().expect("sized")).len();
+                let at = MAX_RENDERED - len;
+                let block = rendered[at..].first_chunk::<SHORT>().expect("padded");
+                (&rendered[at..MAX_RENDERED], (len <= SHORT).then_some(block))
+            }
         };
         let limit = self.cfg.client_buffer_limit;
         for i in 0..self.recipients.len() {
@@ -339,7 +346,10 @@ impl Server {
                 conn.stalled_since = now + self.cfg.flush_delay;
                 self.with_output += 1;
             }
-            conn.out.append(note);
+            match short {
+                Some(block) => conn.out.append_short(block, note.len()),
+                None => conn.out.append(note),
+            }
             self.pending_total += note.len();
             self.stats.notifications += 1;
             if !conn.over_limit && conn.out.pending() > limit {
