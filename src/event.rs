@@ -479,4 +479,95 @@ mod tests {
             assert_eq!(number(s.as_bytes()), want, "{s:?}");
         }
     }
+
+    /// SPEC's rules stated the plain way: split on `|`, each number a decimal u64.
+    fn reference(line: &[u8]) -> Result<Event, ParseError> {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b'|').collect();
+        let num = |f: &[u8]| -> Option<u64> {
+            let all = !f.is_empty() && f.iter().all(u8::is_ascii_digit);
+            all.then(|| std::str::from_utf8(f).ok()?.parse().ok())?
+        };
+        let seq = match num(fields[0]) {
+            Some(seq) if seq >= 1 => seq,
+            _ => return Err(ParseError::Junk),
+        };
+        let noop = |why| Err(ParseError::NoOp { seq, why });
+        let (kind, wanted) = match fields.get(1).copied() {
+            Some(b"F") => (Kind::Follow, 2),
+            Some(b"U") => (Kind::Unfollow, 2),
+            Some(b"B") => (Kind::Broadcast, 0),
+            Some(b"P") => (Kind::Private, 2),
+            Some(b"S") => (Kind::Status, 1),
+            _ => return noop(Malformed::UnknownType),
+        };
+        let ids = &fields[2..];
+        // Fields are read left to right: a bad id before the count is known to be wrong
+        // is reported as a bad id.
+        let mut values = [0u64; 2];
+        for (i, f) in ids.iter().enumerate() {
+            if i == wanted {
+                return noop(Malformed::FieldCount);
+            }
+            match num(f) {
+                Some(v) => values[i] = v,
+                None => return noop(Malformed::BadId),
+            }
+        }
+        if ids.len() != wanted {
+            return noop(Malformed::FieldCount);
+        }
+        let canonical = fields
+            .iter()
+            .all(|f| f.len() == 1 || f.first() != Some(&b'0'));
+        Ok(Event {
+            seq,
+            kind,
+            from: values[0],
+            to: values[1],
+            canonical,
+        })
+    }
+
+    /// Random lines, most shaped like events, with fields of every length and bytes that
+    /// a word-at-a-time reading could mistake (below `0`, above `9`, with high bits set)
+    /// right before the last field.
+    #[test]
+    fn parse_matches_the_plain_reading_of_the_rules() {
+        let mut rng = Rng::new(11);
+        let numbers: [&[u8]; 12] = [
+            b"0",
+            b"1",
+            b"9",
+            b"12",
+            b"007",
+            b"4567",
+            b"99999999",
+            b"123456789",
+            b"18446744073709551615",
+            b"18446744073709551616",
+            b"",
+            b"1x",
+        ];
+        let odd: [u8; 8] = [b' ', 0, 0x2f, 0x3a, 0x7f, 0xb5, 0xff, b'|'];
+        for _ in 0..300_000 {
+            let mut line = Vec::new();
+            line.extend_from_slice(rng.pick(&numbers[..10]));
+            line.push(b'|');
+            line.extend_from_slice(rng.pick(&[&b"F"[..], b"U", b"P", b"S", b"B", b"X"]));
+            for _ in 0..rng.below(4) {
+                if rng.below(8) == 0 {
+                    line.push(rng.pick(&odd));
+                } else {
+                    line.push(b'|');
+                }
+                line.extend_from_slice(rng.pick(&numbers));
+            }
+            assert_eq!(
+                parse(&line),
+                reference(&line),
+                "{:?}",
+                String::from_utf8_lossy(&line)
+            );
+        }
+    }
 }
