@@ -363,7 +363,12 @@ enum UserSet {
     Many(Box<HashSet<u64>>),
 }
 
-const FEW: usize = 32;
+/// 64, not 32: a status update walks its author's set, and a list walks with one branch
+/// per element where a hash set scans groups of buckets (the classic stream's most
+/// followed author has about 40 connected followers: 500k events, 3.6M fewer
+/// instructions and 72k fewer mispredicted branches). A list insert or removal scans at
+/// most 64 ids (512 bytes).
+const FEW: usize = 64;
 
 impl Default for UserSet {
     fn default() -> Self {
