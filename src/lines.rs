@@ -433,4 +433,36 @@ mod tests {
             );
         }
     }
+
+    /// The event source's sizes (1 KiB cap, 32 KiB reads): streams of many 64-byte blocks,
+    /// with runs of empty lines, lines across block and read boundaries, and over-long
+    /// ones.
+    #[test]
+    fn random_long_streams_match_the_reference() {
+        let mut rng = Rng::new(5);
+        for _ in 0..200 {
+            let mut input = Vec::new();
+            while input.len() < 40_000 {
+                let len = match rng.below(8) {
+                    0 => 0,
+                    1 => rng.below(4) as usize,
+                    2 => 1000 + rng.below(2000) as usize,
+                    _ => 5 + rng.below(40) as usize,
+                };
+                input.extend(std::iter::repeat_n(b'x', len));
+                if rng.below(3) == 0 {
+                    input.push(b'\r');
+                }
+                input.push(b'\n');
+            }
+            let mut cuts: Vec<usize> = (0..rng.below(8))
+                .map(|_| rng.below(input.len() as u64 + 1) as usize)
+                .collect();
+            cuts.sort();
+            assert_eq!(
+                split_at_cuts(&input, &cuts, 1024, 32 * 1024),
+                reference(&input, 1024)
+            );
+        }
+    }
 }
