@@ -45,7 +45,7 @@ pub struct ConnRef {
 
 /// One accepted socket and everything the server keeps for it.
 ///
-/// Delivery reads and writes the first five fields for every notification, of a
+/// Delivery reads and writes the first six fields for every notification, of a
 /// connection it last touched many thousands of bytes of other output ago: they come
 /// first, in one cache line (`repr(C)`, aligned to 64), so a notification costs one miss
 /// there, not two or three across a 160-byte entry.
