@@ -180,6 +180,31 @@ fn after_the_last_seq_the_sequence_restarts_at_1() {
     }
 }
 
+/// Found by a fresh-eyes attack (session 7): near the end of the sequence space, a hole
+/// with an event waiting behind it. The gap timeout skipped the waiting event along with
+/// the hole (the search for the next waiting event overflowed past u64::MAX), and at
+/// session end the server spun at 100% CPU, skipping and wrapping for ever, and never
+/// started the next session.
+#[test]
+fn a_hole_at_the_end_of_the_sequence_space_loses_nothing_and_the_next_session_starts() {
+    let s = Server::start(&["--gap-timeout-ms", "100"]);
+    let mut c = clients(&s, &[1]).remove(0);
+    let mut src = s.source();
+    // u64::MAX - 3 (everything before it is skipped after the gap timeout), then
+    // u64::MAX - 1 with a hole at u64::MAX - 2.
+    send_lines(&mut src, &["18446744073709551612|B"]);
+    assert_eq!(c.read_lines(1), ["18446744073709551612|B"]);
+    send_lines(&mut src, &["18446744073709551614|B"]);
+    assert_eq!(c.read_lines(1), ["18446744073709551614|B"]);
+    drop(src);
+    s.wait_log("session 1 ended");
+    let mut c2 = clients(&s, &[2]).remove(0);
+    let mut src = s.source();
+    send_lines(&mut src, &["1|B", "2|P|1|2", "3|B"]);
+    assert_eq!(c2.read_lines(3), ["1|B", "2|P|1|2", "3|B"]);
+    assert_eq!(c.read_lines(2), ["1|B", "3|B"]);
+}
+
 /// Defect 11: log lines name connections by a serial never reused, not by slab slot.
 #[test]
 fn log_lines_name_each_connection_by_its_own_serial() {
