@@ -213,6 +213,31 @@ fn a_gap_is_skipped_after_the_gap_timeout() {
     s.wait_log("seqs 2..=2 skipped (1 seqs): missing for the gap timeout;");
 }
 
+/// SPEC: a missing seq is skipped once it has been missing (a later seq arrived) for the
+/// gap timeout. A hole that opened while an earlier one was being timed waited for the
+/// earlier one to be given up and then a whole timeout more, nearly twice the timeout
+/// (found by a fresh-eyes attack).
+#[test]
+fn each_hole_is_timed_from_when_it_opened() {
+    let s = Server::start(&["--gap-timeout-ms", "2000", "--loss-detection", "timeout"]);
+    let mut c = clients(&s, &[1]);
+    let mut src = s.source();
+    send_lines(&mut src, &["1|B", "3|B"]);
+    assert_eq!(c[0].read_lines(1), ["1|B"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let opened = std::time::Instant::now();
+    send_lines(&mut src, &["5|B"]); // hole 4 opens now, hole 2 200 ms ago
+    assert_eq!(c[0].read_lines(2), ["3|B", "5|B"]);
+    let waited = opened.elapsed();
+    assert!(waited >= Duration::from_millis(2000), "early: {waited:?}");
+    // 2.0-2.2 s after it opened; it was 3.8 s (hole 2's timeout, then one of its own).
+    assert!(
+        waited < Duration::from_millis(3000),
+        "hole 4 waited {waited:?}"
+    );
+    s.wait_log("seqs 4..=4 skipped (1 seqs): missing for the gap timeout;");
+}
+
 #[test]
 fn a_shuffled_stream_of_200k_events_reaches_100_clients_complete_and_in_order() {
     let s = Server::start(&[]);

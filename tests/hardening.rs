@@ -47,6 +47,9 @@ fn read_fat(c: &mut Client, n: u64, sip: Option<(usize, Duration)>) {
         pending.extend_from_slice(&chunk[..k]);
         let mut start = 0;
         while let Some(i) = pending[start..].windows(2).position(|w| w == b"\r\n") {
+            if next > n {
+                break; // what follows is the caller's, left in the client's buffer
+            }
             let line = &pending[start..start + i];
             assert_eq!(line, fat_broadcast(next).as_bytes(), "line {next}");
             next += 1;
@@ -57,6 +60,7 @@ fn read_fat(c: &mut Client, n: u64, sip: Option<(usize, Duration)>) {
             std::thread::sleep(pause);
         }
     }
+    c.buf.extend_from_slice(&pending);
 }
 
 /// Reads `n` fat broadcasts on every client at once, one thread each; returns when all did.

@@ -80,12 +80,14 @@ const LONG_TURN: Duration = Duration::from_millis(20);
 /// Bytes of a junk line shown in its warning.
 const SHOWN: usize = 64;
 
+mod gap;
 mod intake;
 mod metrics;
 mod pipeline;
 mod session;
 mod timers;
 
+use gap::GapMarks;
 use intake::Side;
 pub use metrics::Scrape;
 use pipeline::Source;
@@ -164,11 +166,10 @@ pub struct Server {
     /// Longest loop turn since the last stats line, and since start.
     longest_turn: Duration,
     longest_turn_ever: Duration,
-    /// The gap clock: last delivery, or when events started waiting, or resume.
+    /// Last delivery, or when events started waiting, or resume (for the skip warning).
     gap_since: Instant,
-    /// The highest seq stored at the end of the turn that started the gap clock: every
-    /// hole below it has been missing at least since then.
-    gap_horizon: u64,
+    /// When each missing seq started missing, for the gap timeout.
+    gap_marks: GapMarks,
     next_tick: Instant,
     next_stats: Option<Instant>,
     accept_paused_until: Option<Instant>,
@@ -258,7 +259,7 @@ impl Server {
             longest_turn: Duration::ZERO,
             longest_turn_ever: Duration::ZERO,
             gap_since: now,
-            gap_horizon: 0,
+            gap_marks: GapMarks::default(),
             next_tick: now,
             accept_paused_until: None,
             accepts_left: [false; 2],
@@ -334,10 +335,8 @@ impl Server {
             }
             self.timers(now);
             self.pump(now);
-            if self.gap_since == now {
-                // Set this turn (per delivery, at no cost there): holes now open are timed
-                // from now.
-                self.gap_horizon = self.window.highest();
+            if let Some(gap) = self.cfg.gap_timeout {
+                self.gap_marks.mark(now, self.window.highest(), gap);
             }
             self.flush(now);
             self.reap();
@@ -405,7 +404,9 @@ impl Server {
             return Some(Duration::ZERO);
         }
         let gap = match self.cfg.gap_timeout {
-            Some(t) if !self.paused() && self.window.waiting() > 0 => Some(self.gap_since + t),
+            Some(t) if !self.paused() && self.window.waiting() > 0 => {
+                self.gap_marks.deadline(self.window.highest(), t)
+            }
             _ => None,
         };
         let tick = (self.deadlines_pending() || self.trim_wanted).then_some(self.next_tick);
@@ -502,6 +503,7 @@ impl Server {
     fn resume(&mut self, now: Instant) {
         self.work_left = true;
         self.gap_since = now;
+        self.gap_marks.restart(now);
     }
 
     /// Flags `key` for removal after dispatch and forgets it everywhere else now.

@@ -55,6 +55,7 @@ impl Server {
                     Pop::Event(ev) => self.deliver_kept(&ev, now),
                     Pop::Skipped { from, through, why } => self.skipped(from, through, why, now),
                     Pop::Wrapped => {
+                        self.gap_marks.clear();
                         warn_limited!(
                             self.warns,
                             Warn::Skipped,

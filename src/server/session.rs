@@ -44,6 +44,7 @@ impl Server {
 
     pub(super) fn end_session(&mut self, now: Instant) {
         self.window.reset();
+        self.gap_marks.clear();
         self.trim_wanted = true;
         self.router.clear_follows();
         self.ending = false;

@@ -15,14 +15,13 @@ impl Server {
             // Bytes a source already sent are not lost: after a turn that came late (a
             // starved process), read them before deciding anything is missing.
             let unread = self.sources.iter().any(|s| s.readable || s.eof);
-            if !self.paused() && !unread && self.held.is_none() && now >= self.gap_since + gap {
-                if self.window.next_seq() <= self.gap_horizon {
-                    // Every hole below the horizon has been missing since the clock started.
-                    self.window.skip_gaps_through(self.gap_horizon);
-                    self.work_left = true;
-                } else {
-                    // Only holes newer than the clock: theirs starts now.
-                    self.gap_since = now;
+            if !self.paused() && !unread && self.held.is_none() {
+                if let Some(through) = self.gap_marks.due(now, gap) {
+                    // Every hole below `through` has been missing for the timeout.
+                    if self.window.next_seq() <= through {
+                        self.window.skip_gaps_through(through);
+                        self.work_left = true;
+                    }
                 }
             }
         }

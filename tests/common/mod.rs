@@ -168,7 +168,8 @@ fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
 /// A user client connection with a line reader.
 pub struct Client {
     pub stream: TcpStream,
-    buf: Vec<u8>,
+    /// Read and not yet taken as lines.
+    pub buf: Vec<u8>,
 }
 
 impl Client {
