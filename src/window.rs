@@ -472,6 +472,13 @@ impl ReorderWindow {
         self.gap_through = self.gap_through.max(through.min(self.loss.highest()));
     }
 
+    /// Holds loss detection off while several sources are connected (or lets it resume):
+    /// their merged stream is as disordered as one runs ahead of another, which is no
+    /// evidence of loss; the gap timeout still applies.
+    pub fn suspend_loss_detection(&mut self, suspended: bool) {
+        self.loss.suspend(suspended);
+    }
+
     /// The highest seq stored this session.
     pub fn highest(&self) -> u64 {
         self.loss.highest()

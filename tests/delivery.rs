@@ -213,6 +213,38 @@ fn a_gap_is_skipped_after_the_gap_timeout() {
     s.wait_log("seqs 2..=2 skipped (1 seqs): missing for the gap timeout;");
 }
 
+/// SPEC: several sources at once share one sequence space. Their merged stream is as
+/// disordered as one runs ahead of another: with learned loss detection (the default),
+/// one source's burst made the other's seqs look lost and they were skipped, two thirds
+/// of a stream in the fresh-eyes attack. With more than one source connected only the
+/// gap timeout gives up on a seq.
+#[test]
+fn two_sources_writing_their_shares_at_once_lose_nothing() {
+    let s = Server::start(&[]);
+    let mut c = clients(&s, &[1]);
+    let (mut a, mut b) = (s.source(), s.source());
+    // Both connected and read from before the bursts.
+    send_lines(&mut a, &["1|B"]);
+    send_lines(&mut b, &["2|B"]);
+    assert_eq!(c[0].read_lines(2), ["1|B", "2|B"]);
+    let share = |seqs: std::ops::RangeInclusive<u64>| -> Vec<String> {
+        seqs.map(|seq| format!("{seq}|B")).collect()
+    };
+    let (first, second) = (share(3..=2002), share(2003..=4000));
+    let second: Vec<&str> = second.iter().map(String::as_str).collect();
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    send_lines(&mut b, &second); // 1,998 events wait behind seq 3
+    std::thread::sleep(Duration::from_millis(100));
+    send_lines(&mut a, &first);
+    let want: Vec<String> = share(3..=4000);
+    assert_eq!(c[0].read_lines(want.len()), want);
+    drop((a, b));
+    s.wait_log("session 1 ended");
+    let (_, log) = s.terminate();
+    assert!(log.contains("skipped=0 "), "{log}");
+    assert!(log.contains("false_skips=0 "), "{log}");
+}
+
 /// SPEC: a missing seq is skipped once it has been missing (a later seq arrived) for the
 /// gap timeout. A hole that opened while an earlier one was being timed waited for the
 /// earlier one to be given up and then a whole timeout more, nearly twice the timeout

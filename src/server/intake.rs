@@ -155,6 +155,7 @@ impl Server {
                     eof: false,
                     failed: false,
                 });
+                self.window.suspend_loss_detection(self.sources.len() > 1);
                 if self.session.is_none() && !self.ending {
                     self.start_session(now);
                 }

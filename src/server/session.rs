@@ -26,6 +26,7 @@ impl Server {
 
     pub(super) fn close_source(&mut self, i: usize, now: Instant) {
         let src = self.sources.swap_remove(i);
+        self.window.suspend_loss_detection(self.sources.len() > 1);
         debug!("event source #{} disconnected", src.conn.serial);
         self.close(src.conn.key, now);
         if !self.sources.is_empty() {

@@ -31,6 +31,9 @@ const RECENT: usize = 16;
 pub struct LossDetector {
     /// Off: missing seqs wait for the gap timeout (or a full window) only.
     enabled: bool,
+    /// Held off for now: several sources are connected, and how far one runs ahead of
+    /// another says nothing about loss.
+    suspended: bool,
     /// Highest seq stored this session.
     highest: u64,
     /// Largest lateness seen this session.
@@ -44,6 +47,7 @@ impl LossDetector {
     pub fn new(enabled: bool) -> Self {
         LossDetector {
             enabled,
+            suspended: false,
             highest: 0,
             disorder: 0,
             recent: [(1, 0); RECENT], // empty ranges
@@ -74,7 +78,14 @@ impl LossDetector {
     /// Whether the next missing seq is lost, with `waiting` events stored behind it.
     #[inline]
     pub fn lost(&self, waiting: usize) -> bool {
-        self.enabled && waiting as u64 > self.disorder.saturating_mul(FACTOR).saturating_add(MIN)
+        self.enabled
+            && !self.suspended
+            && waiting as u64 > self.disorder.saturating_mul(FACTOR).saturating_add(MIN)
+    }
+
+    /// Holds detection off (or lets it resume): the stream is several sources' merged.
+    pub fn suspend(&mut self, suspended: bool) {
+        self.suspended = suspended;
     }
 
     /// Seqs `from..=through` were skipped (for whatever reason).
@@ -104,6 +115,29 @@ impl LossDetector {
 
     /// A new session: nothing learned.
     pub fn reset(&mut self) {
-        *self = LossDetector::new(self.enabled);
+        *self = LossDetector {
+            suspended: self.suspended,
+            ..LossDetector::new(self.enabled)
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Suspended (several sources), nothing is lost whatever waits; a new session keeps
+    /// the suspension (the sources are still connected), and lifting it restores the rule.
+    #[test]
+    fn suspended_detection_declares_nothing_lost_until_resumed() {
+        let mut d = LossDetector::new(true);
+        assert!(d.lost(MIN as usize + 1));
+        d.suspend(true);
+        assert!(!d.lost(usize::MAX));
+        d.reset();
+        assert!(!d.lost(usize::MAX), "still several sources");
+        d.suspend(false);
+        assert!(d.lost(MIN as usize + 1));
+        assert!(!LossDetector::new(false).lost(usize::MAX));
     }
 }
