@@ -476,7 +476,7 @@ impl ReorderWindow {
     /// their merged stream is as disordered as one runs ahead of another, which is no
     /// evidence of loss; the gap timeout still applies.
     pub fn suspend_loss_detection(&mut self, suspended: bool) {
-        self.loss.suspend(suspended);
+        self.loss.suspend(suspended, self.next_seq());
     }
 
     /// The highest seq stored this session.

@@ -84,7 +84,14 @@ impl LossDetector {
     }
 
     /// Holds detection off (or lets it resume): the stream is several sources' merged.
-    pub fn suspend(&mut self, suspended: bool) {
+    /// On resuming, the spread from the highest seq down to `next` (the next missing one)
+    /// is learned as disorder: it is what the sources' merge produced while detection was
+    /// held off, not evidence of loss (a source that ran ahead and left would otherwise
+    /// have the other's seqs, still arriving, judged lost against what was learned alone).
+    pub fn suspend(&mut self, suspended: bool, next: u64) {
+        if self.suspended && !suspended {
+            self.disorder = self.disorder.max(self.highest.saturating_sub(next));
+        }
         self.suspended = suspended;
     }
 
@@ -132,12 +139,21 @@ mod tests {
     fn suspended_detection_declares_nothing_lost_until_resumed() {
         let mut d = LossDetector::new(true);
         assert!(d.lost(MIN as usize + 1));
-        d.suspend(true);
+        d.suspend(true, 1);
         assert!(!d.lost(usize::MAX));
         d.reset();
         assert!(!d.lost(usize::MAX), "still several sources");
-        d.suspend(false);
+        d.suspend(false, 1);
         assert!(d.lost(MIN as usize + 1));
+        // What piled up while held off is learned when resuming: 600 waiting behind seq 1
+        // with seqs up to 700 stored is not a loss.
+        d.suspend(true, 1);
+        for seq in 101..=700 {
+            d.arrived(seq);
+        }
+        d.suspend(false, 1);
+        assert_eq!(d.disorder(), 699);
+        assert!(!d.lost(600));
         assert!(!LossDetector::new(false).lost(usize::MAX));
     }
 }
