@@ -69,12 +69,11 @@ impl GapMarks {
         }
     }
 
-    /// Backpressure released: every hole's clock starts again now (a seq still unread in
-    /// the socket is not missing).
-    pub(super) fn restart(&mut self, now: Instant) {
-        if let Some(&(_, seq)) = self.marks.back() {
-            self.marks.clear();
-            self.marks.push_back((now, seq));
+    /// Backpressure held the sources for `held`: every hole's clock stood still (a seq
+    /// still unread in the socket is not missing), so each is that much further off.
+    pub(super) fn shift(&mut self, held: Duration) {
+        for (at, _) in self.marks.iter_mut() {
+            *at += held;
         }
     }
 
@@ -142,16 +141,19 @@ mod tests {
         );
     }
 
-    /// After backpressure every clock starts again; after a session end nothing is timed.
+    /// Backpressure stops every clock for as long as it holds; after a session end
+    /// nothing is timed.
     #[test]
-    fn restart_and_clear() {
+    fn shift_and_clear() {
         let t0 = Instant::now();
         let mut g = GapMarks::default();
         g.mark(t0, 3, GAP);
         g.mark(ms(t0, 500), 5, GAP);
-        g.restart(ms(t0, 1000));
-        assert_eq!(g.due(ms(t0, 2599), GAP), None);
-        assert_eq!(g.due(ms(t0, 2600), GAP), Some(5));
+        g.shift(Duration::from_millis(1000)); // held from 600 to 1600
+        assert_eq!(g.due(ms(t0, 2599), GAP), None, "1,600 unheld ms is 2,600");
+        assert_eq!(g.due(ms(t0, 2600), GAP), Some(3));
+        assert_eq!(g.due(ms(t0, 3099), GAP), None);
+        assert_eq!(g.due(ms(t0, 3100), GAP), Some(5));
         g.mark(ms(t0, 3000), 8, GAP);
         g.clear();
         assert_eq!(g.due(ms(t0, 9000), GAP), None);

@@ -170,6 +170,9 @@ pub struct Server {
     gap_since: Instant,
     /// When each missing seq started missing, for the gap timeout.
     gap_marks: GapMarks,
+    /// Since when backpressure holds (the start of the turn it began in, so that the time
+    /// counted as held is never short).
+    paused_since: Option<Instant>,
     next_tick: Instant,
     next_stats: Option<Instant>,
     accept_paused_until: Option<Instant>,
@@ -260,6 +263,7 @@ impl Server {
             longest_turn_ever: Duration::ZERO,
             gap_since: now,
             gap_marks: GapMarks::default(),
+            paused_since: None,
             next_tick: now,
             accept_paused_until: None,
             accepts_left: [false; 2],
@@ -337,6 +341,12 @@ impl Server {
             self.pump(now);
             if let Some(gap) = self.cfg.gap_timeout {
                 self.gap_marks.mark(now, self.window.highest(), gap);
+            }
+            match (self.paused(), self.paused_since) {
+                (true, None) => self.paused_since = Some(now),
+                // Released on a path that did not resume: the clocks go on from here.
+                (false, Some(_)) => self.resume(now),
+                _ => {}
             }
             self.flush(now);
             self.reap();
@@ -499,11 +509,16 @@ impl Server {
         }
     }
 
-    /// Backpressure released: the sources may be read again; the gap clock restarts.
+    /// Backpressure released: the sources may be read again; the gap clocks, stopped
+    /// meanwhile, go on.
     fn resume(&mut self, now: Instant) {
         self.work_left = true;
         self.gap_since = now;
-        self.gap_marks.restart(now);
+        if let Some(since) = self.paused_since.take() {
+            // Up to this instant, not the turn's start: never counted short.
+            self.gap_marks
+                .shift(Instant::now().saturating_duration_since(since));
+        }
     }
 
     /// Flags `key` for removal after dispatch and forgets it everywhere else now.
