@@ -152,6 +152,18 @@ impl WarnLimiter {
             return;
         }
         self.started = now;
+        self.flush();
+    }
+
+    /// When the interval ends, if any warnings are being suppressed: the loop wakes then
+    /// to say how many, even with nothing else to do.
+    pub fn deadline(&self) -> Option<Instant> {
+        (self.seen.iter().any(|&seen| seen > BURST)).then_some(self.started + self.interval)
+    }
+
+    /// Logs how many of each kind were suppressed, and starts counting again (also at
+    /// shutdown: a count is never lost).
+    pub fn flush(&mut self) {
         for (i, seen) in self.seen.iter_mut().enumerate() {
             if *seen > BURST {
                 log::warn!("{:?}: {} more suppressed", KIND_NAMES[i], *seen - BURST);

@@ -205,6 +205,25 @@ fn a_hole_at_the_end_of_the_sequence_space_loses_nothing_and_the_next_session_st
     assert_eq!(c.read_lines(2), ["1|B", "3|B"]);
 }
 
+/// SPEC: warnings are rate-limited with an "N more suppressed" count. With the stats line
+/// off the count was only logged once a later loop turn came 10 s on, and never at
+/// shutdown (found by a second fresh-eyes attack).
+#[test]
+fn suppressed_warnings_are_counted_even_with_the_stats_line_off() {
+    let s = Server::start(&["--stats-interval-s", "0"]);
+    let mut c = clients(&s, &[1]).remove(0);
+    let mut src = s.source();
+    let mut lines: Vec<String> = (0..7).map(|k| format!("x{k}|B")).collect();
+    lines.push("1|B".into()); // read back: every junk line before it was handled
+    send_lines(
+        &mut src,
+        &lines.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(c.read_lines(1), ["1|B"]);
+    let (_, log) = s.terminate();
+    assert!(log.contains("Junk: 2 more suppressed"), "{log}");
+}
+
 /// Defect 11: log lines name connections by a serial never reused, not by slab slot.
 #[test]
 fn log_lines_name_each_connection_by_its_own_serial() {

@@ -427,11 +427,19 @@ impl Server {
                 d.due
             }
         });
-        [flush, gap, tick, self.next_stats, self.accept_paused_until]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|d| d.saturating_duration_since(now))
+        let warns = self.warns.deadline();
+        [
+            flush,
+            gap,
+            tick,
+            self.next_stats,
+            self.accept_paused_until,
+            warns,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|d| d.saturating_duration_since(now))
     }
 
     fn on_signal(&mut self) {
@@ -615,6 +623,7 @@ impl Server {
                 self.with_output
             );
         }
+        self.warns.flush();
         info!(
             "final stats: {} longest_turn_us={}",
             self.stats,
