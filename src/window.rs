@@ -258,7 +258,7 @@ impl ReorderWindow {
 
     #[cold]
     fn late(&mut self, seq: u64) -> Insert {
-        if self.loss.false_skip(seq) {
+        if self.loss.false_skip(seq, self.max) {
             Insert::FalseSkip
         } else {
             Insert::Late

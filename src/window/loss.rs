@@ -102,14 +102,19 @@ impl LossDetector {
     }
 
     /// A late `seq` arrived: if it was skipped recently, that was a false skip, and its
-    /// lateness is learned. Returns whether it was.
-    pub fn false_skip(&mut self, seq: u64) -> bool {
+    /// lateness is learned, if it is one the window could have waited for (at most
+    /// `reach`, its `max`). Returns whether it was. (A lateness past any window says
+    /// nothing about the source's disorder: a seq of the next cycle sent before u64::MAX
+    /// was delivered shows one of about 2^64, which learned would turn detection off for
+    /// the rest of the session.)
+    pub fn false_skip(&mut self, seq: u64, reach: u64) -> bool {
         let skipped = self
             .recent
             .iter()
             .any(|&(from, through)| (from..=through).contains(&seq));
-        if skipped {
-            self.disorder = self.disorder.max(self.highest.saturating_sub(seq));
+        let late = self.highest.saturating_sub(seq);
+        if skipped && late <= reach {
+            self.disorder = self.disorder.max(late);
         }
         skipped
     }
@@ -155,5 +160,24 @@ mod tests {
         assert_eq!(d.disorder(), 699);
         assert!(!d.lost(600));
         assert!(!LossDetector::new(false).lost(usize::MAX));
+    }
+
+    /// A false skip teaches the lateness it showed, unless no window could have waited
+    /// that long.
+    #[test]
+    fn only_a_lateness_within_reach_is_learned_from_a_false_skip() {
+        let mut d = LossDetector::new(true);
+        d.arrived(1000);
+        d.skipped(10, 20);
+        assert!(d.false_skip(15, 1 << 20));
+        assert_eq!(d.disorder(), 985);
+        d.arrived(u64::MAX - 1);
+        d.skipped(1, 5);
+        assert!(d.false_skip(3, 1 << 20), "still a false skip");
+        assert_eq!(d.disorder(), 985, "a lateness of 2^64 is not learned");
+        assert!(
+            !d.false_skip(500, 1 << 20),
+            "never skipped: late, not a false skip"
+        );
     }
 }
