@@ -206,6 +206,53 @@ fn is_canonical(field: &[u8], n: usize) -> bool {
     n == 1 || field.first() != Some(&b'0')
 }
 
+/// SPEC.md's parsing rules, the slow and obvious way: what [`parse`] is checked against,
+/// by the tests here and by the fuzz target (feature `reference`).
+#[cfg(any(test, feature = "reference"))]
+pub fn reference(line: &[u8]) -> Result<Event, ParseError> {
+    let fields: Vec<&[u8]> = line.split(|&b| b == b'|').collect();
+    let num = |f: &[u8]| -> Option<u64> {
+        if f.is_empty() || !f.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(f).ok()?.parse().ok()
+    };
+    let canonical = |f: &[u8]| f.len() == 1 || f[0] != b'0';
+    let seq = match num(fields[0]) {
+        Some(seq) if seq >= 1 => seq,
+        _ => return Err(ParseError::Junk),
+    };
+    let noop = |why| Err(ParseError::NoOp { seq, why });
+    let (kind, wanted) = match fields.get(1).copied() {
+        Some(b"F") => (Kind::Follow, 2),
+        Some(b"U") => (Kind::Unfollow, 2),
+        Some(b"B") => (Kind::Broadcast, 0),
+        Some(b"P") => (Kind::Private, 2),
+        Some(b"S") => (Kind::Status, 1),
+        _ => return noop(Malformed::UnknownType),
+    };
+    let ids = &fields[2..];
+    for (k, f) in ids.iter().enumerate() {
+        if k == wanted {
+            return noop(Malformed::FieldCount);
+        }
+        if num(f).is_none() {
+            return noop(Malformed::BadId);
+        }
+    }
+    if ids.len() != wanted {
+        return noop(Malformed::FieldCount);
+    }
+    let id = |k: usize| ids.get(k).and_then(|f| num(f)).unwrap_or(0);
+    Ok(Event {
+        seq,
+        kind,
+        from: id(0),
+        to: id(1),
+        canonical: canonical(fields[0]) && ids.iter().all(|f| canonical(f)),
+    })
+}
+
 impl Event {
     /// A no-op placeholder holding `seq`'s place in the sequence.
     pub fn noop(seq: u64) -> Event {
@@ -478,54 +525,6 @@ mod tests {
             };
             assert_eq!(number(s.as_bytes()), want, "{s:?}");
         }
-    }
-
-    /// SPEC's rules stated the plain way: split on `|`, each number a decimal u64.
-    fn reference(line: &[u8]) -> Result<Event, ParseError> {
-        let fields: Vec<&[u8]> = line.split(|&b| b == b'|').collect();
-        let num = |f: &[u8]| -> Option<u64> {
-            let all = !f.is_empty() && f.iter().all(u8::is_ascii_digit);
-            all.then(|| std::str::from_utf8(f).ok()?.parse().ok())?
-        };
-        let seq = match num(fields[0]) {
-            Some(seq) if seq >= 1 => seq,
-            _ => return Err(ParseError::Junk),
-        };
-        let noop = |why| Err(ParseError::NoOp { seq, why });
-        let (kind, wanted) = match fields.get(1).copied() {
-            Some(b"F") => (Kind::Follow, 2),
-            Some(b"U") => (Kind::Unfollow, 2),
-            Some(b"B") => (Kind::Broadcast, 0),
-            Some(b"P") => (Kind::Private, 2),
-            Some(b"S") => (Kind::Status, 1),
-            _ => return noop(Malformed::UnknownType),
-        };
-        let ids = &fields[2..];
-        // Fields are read left to right: a bad id before the count is known to be wrong
-        // is reported as a bad id.
-        let mut values = [0u64; 2];
-        for (i, f) in ids.iter().enumerate() {
-            if i == wanted {
-                return noop(Malformed::FieldCount);
-            }
-            match num(f) {
-                Some(v) => values[i] = v,
-                None => return noop(Malformed::BadId),
-            }
-        }
-        if ids.len() != wanted {
-            return noop(Malformed::FieldCount);
-        }
-        let canonical = fields
-            .iter()
-            .all(|f| f.len() == 1 || f.first() != Some(&b'0'));
-        Ok(Event {
-            seq,
-            kind,
-            from: values[0],
-            to: values[1],
-            canonical,
-        })
     }
 
     /// Random lines, most shaped like events, with fields of every length and bytes that

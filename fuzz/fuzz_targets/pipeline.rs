@@ -6,7 +6,7 @@
 //! with a naive one built on `split` and `str::parse`.
 #![no_main]
 
-use follower_maze::event::{parse, Event, Kind, Malformed, ParseError};
+use follower_maze::event::{parse, reference, Event, ParseError};
 use follower_maze::lines::{Line, LineSplitter};
 use follower_maze::window::{Insert, LossDetector, Pop, ReorderWindow, MIN_BUDGET};
 use libfuzzer_sys::fuzz_target;
@@ -62,51 +62,6 @@ impl Checker {
         // The next event's payload is held apart, in a buffer of at most two lines.
         assert!(self.window.bytes() <= MIN_BUDGET + 2 * (32 + 2));
     }
-}
-
-/// SPEC.md's parsing rules, the slow and obvious way.
-fn reference(line: &[u8]) -> Result<Event, ParseError> {
-    let fields: Vec<&[u8]> = line.split(|&b| b == b'|').collect();
-    let num = |f: &[u8]| -> Option<u64> {
-        if f.is_empty() || !f.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        std::str::from_utf8(f).ok()?.parse().ok()
-    };
-    let canonical = |f: &[u8]| f.len() == 1 || f[0] != b'0';
-    let seq = match num(fields[0]) {
-        Some(seq) if seq >= 1 => seq,
-        _ => return Err(ParseError::Junk),
-    };
-    let noop = |why| Err(ParseError::NoOp { seq, why });
-    let (kind, wanted) = match fields.get(1).copied() {
-        Some(b"F") => (Kind::Follow, 2),
-        Some(b"U") => (Kind::Unfollow, 2),
-        Some(b"B") => (Kind::Broadcast, 0),
-        Some(b"P") => (Kind::Private, 2),
-        Some(b"S") => (Kind::Status, 1),
-        _ => return noop(Malformed::UnknownType),
-    };
-    let ids = &fields[2..];
-    for (k, f) in ids.iter().enumerate() {
-        if k == wanted {
-            return noop(Malformed::FieldCount);
-        }
-        if num(f).is_none() {
-            return noop(Malformed::BadId);
-        }
-    }
-    if ids.len() != wanted {
-        return noop(Malformed::FieldCount);
-    }
-    let id = |k: usize| ids.get(k).and_then(|f| num(f)).unwrap_or(0);
-    Ok(Event {
-        seq,
-        kind,
-        from: id(0),
-        to: id(1),
-        canonical: canonical(fields[0]) && ids.iter().all(|f| canonical(f)),
-    })
 }
 
 fuzz_target!(|data: &[u8]| {
