@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{clients, final_counter, proc_rss_kib, send_lines, set_socket_option, Client, Server};
+use common::{clients, final_counter, never_reader, proc_rss_kib, send_lines, Client, Server};
 use follower_maze::outbuf::WRITE_AT;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -436,9 +436,7 @@ fn backpressure_stops_the_gap_clock_without_restarting_it() {
         "200",
     ]);
     let mut reader = clients(&s, &[1]).remove(0);
-    let never = TcpStream::connect(s.clients).unwrap();
-    set_socket_option(&never, libc::SO_RCVBUF, &4096);
-    (&never).write_all(b"2\r\n").unwrap();
+    let never = never_reader(&s, 2);
     s.wait_count(" identified as user ", 2);
     let mut src = s.source();
     let t0 = std::time::Instant::now();
@@ -538,9 +536,7 @@ fn writes_are_batched_and_a_full_socket_is_not_retried_per_notification() {
     // A client that never reads: once the kernel holds what it will (a few MB on
     // loopback), up to 1 MiB of notifications (~10,000) piles up in its buffer before
     // backpressure, and it is dropped as stalled.
-    let stuck = TcpStream::connect(s.clients).unwrap();
-    set_socket_option(&stuck, libc::SO_RCVBUF, &4096);
-    (&stuck).write_all(b"2\r\n").unwrap();
+    let _stuck = never_reader(&s, 2); // open until the end
     s.wait_count(" identified as user ", 2);
     const N: u64 = 100_000; // 10 MB to each client
     let line = |seq: u64| format!("{seq:0>98}|B");

@@ -261,13 +261,25 @@ impl Client {
 }
 
 /// Sends `lines` (each gets `\r\n`) to a source in one write.
-pub fn send_lines(source: &mut TcpStream, lines: &[&str]) {
+pub fn send_lines<S: AsRef<str>>(source: &mut TcpStream, lines: &[S]) {
     let mut bytes = Vec::new();
     for l in lines {
-        bytes.extend_from_slice(l.as_bytes());
+        bytes.extend_from_slice(l.as_ref().as_bytes());
         bytes.extend_from_slice(b"\r\n");
     }
     source.write_all(&bytes).expect("source send");
+}
+
+/// Connects a client as `user` that never reads, with a 4 KiB receive buffer: the
+/// kernel holds little for it, so its output piles up in the server (backpressure, then
+/// a stall). The caller waits for it to be identified.
+pub fn never_reader(server: &Server, user: u64) -> TcpStream {
+    let stream = TcpStream::connect(server.clients).unwrap();
+    set_socket_option(&stream, libc::SO_RCVBUF, &4096);
+    (&stream)
+        .write_all(format!("{user}\r\n").as_bytes())
+        .unwrap();
+    stream
 }
 
 /// Connects one client per user and waits until the server has identified them all.
