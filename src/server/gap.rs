@@ -63,10 +63,7 @@ impl GapMarks {
             Some(&(at, seq)) if highest > seq => Some(at + Self::grain(gap)),
             _ => None,
         };
-        match (due, next_mark) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        due.into_iter().chain(next_mark).min()
     }
 
     /// Backpressure held the sources for `held`: every hole's clock stood still (a seq
