@@ -180,6 +180,38 @@ fn after_the_last_seq_the_sequence_restarts_at_1() {
     }
 }
 
+/// Found by a second fresh-eyes attack (session 7): seqs of the next cycle sent before
+/// u64::MAX was delivered were dropped as late. And after the end, a late copy of a seq
+/// from the end of the last cycle was taken for one 2^64 ahead: it was delivered again,
+/// and the new cycle's seqs after it dropped.
+#[test]
+fn the_sequence_crosses_its_end_in_any_order() {
+    for flags in [&[][..], &["--loss-detection", "timeout"]] {
+        let s = Server::start(flags);
+        let mut c = clients(&s, &[1]).remove(0);
+        let mut src = s.source();
+        let max = u64::MAX;
+        send_lines(&mut src, &[format!("{}|B", max - 3)]);
+        assert_eq!(c.read_lines(1), [format!("{}|B", max - 3)]);
+        let shuffled = [max - 1, 2, max, 1, max - 2, 3];
+        send_lines(&mut src, &shuffled.map(|s| format!("{s}|P|7|1")));
+        let want = [max - 2, max - 1, max, 1, 2, 3].map(|s| format!("{s}|P|7|1"));
+        assert_eq!(c.read_lines(6), want, "{flags:?}");
+        // Late copies of the end of the last cycle, then the new cycle goes on.
+        send_lines(
+            &mut src,
+            &[format!("{max}|B"), format!("{}|B", max - 1), "4|B".into()],
+        );
+        assert_eq!(c.read_lines(1), ["4|B"], "{flags:?}");
+        // A second jump skips 2^62 more: the count stays at its ceiling, no overflow.
+        send_lines(&mut src, &["4611686018427387904|B"]);
+        assert_eq!(c.read_lines(1), ["4611686018427387904|B"], "{flags:?}");
+        let (_, log) = s.terminate();
+        assert_eq!(final_counter(&log, "late_or_dup"), 2, "{log}");
+        assert_eq!(final_counter(&log, "skipped"), max, "{log}");
+    }
+}
+
 /// Found by a fresh-eyes attack (session 7): near the end of the sequence space, a hole
 /// with an event waiting behind it. The gap timeout skipped the waiting event along with
 /// the hole (the search for the next waiting event overflowed past u64::MAX), and at

@@ -6,15 +6,18 @@
 //! time, at most once per `grain` (1/16 of the timeout): every hole below a mark has been
 //! missing at least since the mark's time. When a mark is a timeout old, the holes below
 //! its seq are due. A hole is so given up between the timeout and the timeout plus a
-//! grain after it opened, never before; the marks alive are at most 17.
+//! grain after it opened, never before; the marks alive are at most 17. Seqs are taken
+//! at their [`Pos`], which only rises, across the end of the sequence space too.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::window::Pos;
+
 #[derive(Default)]
 pub(super) struct GapMarks {
     /// (when, the highest seq stored then), oldest first; seqs and times both rise.
-    marks: VecDeque<(Instant, u64)>,
+    marks: VecDeque<(Instant, Pos)>,
 }
 
 /// Marks per timeout, at most.
@@ -25,12 +28,12 @@ impl GapMarks {
         gap / PER_TIMEOUT
     }
 
-    fn marked(&self) -> u64 {
+    fn marked(&self) -> Pos {
         self.marks.back().map_or(0, |&(_, seq)| seq)
     }
 
     /// Once per loop turn: seqs up to `highest` have arrived by `now`.
-    pub(super) fn mark(&mut self, now: Instant, highest: u64, gap: Duration) {
+    pub(super) fn mark(&mut self, now: Instant, highest: Pos, gap: Duration) {
         if highest <= self.marked() {
             return;
         }
@@ -43,7 +46,7 @@ impl GapMarks {
     }
 
     /// Takes the marks a timeout old: the holes below the highest of them are due.
-    pub(super) fn due(&mut self, now: Instant, gap: Duration) -> Option<u64> {
+    pub(super) fn due(&mut self, now: Instant, gap: Duration) -> Option<Pos> {
         let mut through = None;
         while let Some(&(at, seq)) = self.marks.front() {
             if now < at + gap {
@@ -57,7 +60,7 @@ impl GapMarks {
 
     /// When the loop must wake: the oldest mark's timeout, or the next mark's turn if
     /// seqs past the last mark arrived within its grain.
-    pub(super) fn deadline(&self, highest: u64, gap: Duration) -> Option<Instant> {
+    pub(super) fn deadline(&self, highest: Pos, gap: Duration) -> Option<Instant> {
         let due = self.marks.front().map(|&(at, _)| at + gap);
         let next_mark = match self.marks.back() {
             Some(&(at, seq)) if highest > seq => Some(at + Self::grain(gap)),
@@ -74,7 +77,7 @@ impl GapMarks {
         }
     }
 
-    /// A new session, or the sequence starting again at 1.
+    /// A new session.
     pub(super) fn clear(&mut self) {
         self.marks.clear();
     }
@@ -127,7 +130,7 @@ mod tests {
         assert_eq!(g.due(ms(t0, 1700), GAP), Some(9));
         // A steady stream: at most one mark per grain, so at most 17 within a timeout.
         for k in 0..10_000u64 {
-            g.mark(ms(t0, 2000 + k), 10 + k, GAP);
+            g.mark(ms(t0, 2000 + k), Pos::from(10 + k), GAP);
         }
         assert!(g.marks.len() <= 17 * 10_000 / 1600 + 1, "{}", g.marks.len());
         g.due(ms(t0, 12_000), GAP);

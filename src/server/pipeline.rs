@@ -55,7 +55,6 @@ impl Server {
                     Pop::Event(ev) => self.deliver_kept(&ev, now),
                     Pop::Skipped { from, through, why } => self.skipped(from, through, why, now),
                     Pop::Wrapped => {
-                        self.gap_marks.clear();
                         warn_limited!(
                             self.warns,
                             Warn::Skipped,
@@ -369,7 +368,8 @@ impl Server {
     }
 
     pub(super) fn skipped(&mut self, from: u64, through: u64, why: Skip, now: Instant) {
-        self.stats.seqs_skipped += through - from + 1;
+        // Two jumps across the space skip more than a u64 counts: it stays at its ceiling.
+        self.stats.seqs_skipped = self.stats.seqs_skipped.saturating_add(through - from + 1);
         let stalled = now.saturating_duration_since(self.gap_since);
         self.gap_since = now;
         let why = match why {

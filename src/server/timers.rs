@@ -18,7 +18,7 @@ impl Server {
             if !self.paused() && !unread && self.held.is_none() {
                 if let Some(through) = self.gap_marks.due(now, gap) {
                     // Every hole below `through` has been missing for the timeout.
-                    if self.window.next_seq() <= through {
+                    if self.window.next() <= through {
                         self.window.skip_gaps_through(through);
                         self.work_left = true;
                     }

@@ -19,6 +19,11 @@
 //! warned, and the lateness it showed is learned, so it does not happen again.
 //!
 //! Cost: a compare and a max per event; a comparison when the next seq is missing.
+//!
+//! Seqs are taken at their [`Pos`]: near the end of the sequence space, the next cycle's
+//! first seqs are above this one's last.
+
+use super::Pos;
 
 /// See the module docs.
 pub const FACTOR: u64 = 2;
@@ -34,12 +39,12 @@ pub struct LossDetector {
     /// Held off for now: several sources are connected, and how far one runs ahead of
     /// another says nothing about loss.
     suspended: bool,
-    /// Highest seq stored this session.
-    highest: u64,
+    /// Position of the highest seq stored this session.
+    highest: Pos,
     /// Largest lateness seen this session.
     disorder: u64,
     /// The last skipped ranges (from, through), oldest overwritten first.
-    recent: [(u64, u64); RECENT],
+    recent: [(Pos, Pos); RECENT],
     next: usize,
 }
 
@@ -55,8 +60,8 @@ impl LossDetector {
         }
     }
 
-    /// The highest seq stored this session.
-    pub fn highest(&self) -> u64 {
+    /// The position of the highest seq stored this session.
+    pub fn highest(&self) -> Pos {
         self.highest
     }
 
@@ -65,13 +70,14 @@ impl LossDetector {
         self.disorder
     }
 
-    /// An event was stored.
+    /// An event was stored (at most the window's `max` from the next seq, as is every
+    /// event waiting, so any two are less than a u64 apart).
     #[inline(always)]
-    pub fn arrived(&mut self, seq: u64) {
-        if seq > self.highest {
-            self.highest = seq;
+    pub fn arrived(&mut self, pos: Pos) {
+        if pos > self.highest {
+            self.highest = pos;
         } else {
-            self.disorder = self.disorder.max(self.highest - seq);
+            self.disorder = self.disorder.max((self.highest - pos) as u64);
         }
     }
 
@@ -88,15 +94,17 @@ impl LossDetector {
     /// is learned as disorder: it is what the sources' merge produced while detection was
     /// held off, not evidence of loss (a source that ran ahead and left would otherwise
     /// have the other's seqs, still arriving, judged lost against what was learned alone).
-    pub fn suspend(&mut self, suspended: bool, next: u64) {
+    pub fn suspend(&mut self, suspended: bool, next: Pos) {
         if self.suspended && !suspended {
-            self.disorder = self.disorder.max(self.highest.saturating_sub(next));
+            self.disorder = self
+                .disorder
+                .max(distance(self.highest.saturating_sub(next)));
         }
         self.suspended = suspended;
     }
 
     /// Seqs `from..=through` were skipped (for whatever reason).
-    pub fn skipped(&mut self, from: u64, through: u64) {
+    pub fn skipped(&mut self, from: Pos, through: Pos) {
         self.recent[self.next] = (from, through);
         self.next = (self.next + 1) % RECENT;
     }
@@ -104,25 +112,18 @@ impl LossDetector {
     /// A late `seq` arrived: if it was skipped recently, that was a false skip, and its
     /// lateness is learned, if it is one the window could have waited for (at most
     /// `reach`, its `max`). Returns whether it was. (A lateness past any window says
-    /// nothing about the source's disorder: a seq of the next cycle sent before u64::MAX
-    /// was delivered shows one of about 2^64, which learned would turn detection off for
-    /// the rest of the session.)
-    pub fn false_skip(&mut self, seq: u64, reach: u64) -> bool {
+    /// nothing about the source's disorder, and learned would turn detection off for the
+    /// rest of the session.)
+    pub fn false_skip(&mut self, pos: Pos, reach: u64) -> bool {
         let skipped = self
             .recent
             .iter()
-            .any(|&(from, through)| (from..=through).contains(&seq));
-        let late = self.highest.saturating_sub(seq);
-        if skipped && late <= reach {
-            self.disorder = self.disorder.max(late);
+            .any(|&(from, through)| (from..=through).contains(&pos));
+        let late = self.highest.saturating_sub(pos);
+        if skipped && late <= Pos::from(reach) {
+            self.disorder = self.disorder.max(distance(late));
         }
         skipped
-    }
-
-    /// The sequence restarted at 1 after `u64::MAX`: nothing stored is higher.
-    pub fn wrapped(&mut self) {
-        self.highest = 0;
-        self.recent = [(1, 0); RECENT];
     }
 
     /// A new session: nothing learned.
@@ -132,6 +133,12 @@ impl LossDetector {
             ..LossDetector::new(self.enabled)
         };
     }
+}
+
+/// A distance between positions, as a count of seqs (saturating: only a skip moves
+/// further than a u64 in one step).
+fn distance(d: Pos) -> u64 {
+    u64::try_from(d).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -171,10 +178,10 @@ mod tests {
         d.skipped(10, 20);
         assert!(d.false_skip(15, 1 << 20));
         assert_eq!(d.disorder(), 985);
-        d.arrived(u64::MAX - 1);
+        d.arrived(1 << 40);
         d.skipped(1, 5);
         assert!(d.false_skip(3, 1 << 20), "still a false skip");
-        assert_eq!(d.disorder(), 985, "a lateness of 2^64 is not learned");
+        assert_eq!(d.disorder(), 985, "a lateness of 2^40 is not learned");
         assert!(
             !d.false_skip(500, 1 << 20),
             "never skipped: late, not a false skip"
