@@ -112,8 +112,12 @@ pub struct ReorderWindow {
     slots: Vec<Event>,
     /// Which slots may hold an event (marks of popped ones are cleared lazily).
     occupied: Occupancy,
-    /// Position of the last seq delivered or skipped; the next expected is `last + 1`.
-    last: Pos,
+    /// The last seq delivered or skipped (0 at the start of a cycle); the next expected
+    /// is `last + 1`. With `cycle`, its position (kept apart so the hot path stays in 64
+    /// bits: see [`at`](Self::at)).
+    last: u64,
+    /// Ends of the sequence space passed this session.
+    cycle: u64,
     /// Events stored.
     waiting: usize,
     /// Making room for this event (its seq and the length of its payload, if kept): skip
@@ -156,6 +160,7 @@ impl ReorderWindow {
             slots: empty_ring(cap).expect("a small first ring"),
             occupied: Occupancy::new(cap),
             last: 0,
+            cycle: 0,
             waiting: 0,
             wanted: None,
             flushing: false,
@@ -172,12 +177,22 @@ impl ReorderWindow {
 
     /// The next seq to deliver.
     pub fn next_seq(&self) -> u64 {
-        (self.last as u64).wrapping_add(1)
+        self.last.wrapping_add(1)
     }
 
     /// The position of the next seq to deliver.
     pub fn next(&self) -> Pos {
-        self.last + 1
+        self.at() + 1
+    }
+
+    /// The position of the last seq delivered or skipped.
+    fn at(&self) -> Pos {
+        Pos::from(self.cycle) << 64 | Pos::from(self.last)
+    }
+
+    fn set_at(&mut self, pos: Pos) {
+        self.last = pos as u64;
+        self.cycle = (pos >> 64) as u64;
     }
 
     /// Events waiting for an earlier seq.
@@ -228,21 +243,21 @@ impl ReorderWindow {
     /// last one is ahead however far: no earlier cycle passed it.
     #[inline]
     fn ahead(&self, seq: u64) -> Option<u64> {
-        let last = self.last as u64;
-        let ahead = seq.wrapping_sub(last);
-        let far = ahead < 1 << 63 || (self.last < CYCLE && seq > last);
+        let ahead = seq.wrapping_sub(self.last);
+        let far = ahead < 1 << 63 || (self.cycle == 0 && seq > self.last);
         (ahead != 0 && (ahead <= self.max || far)).then_some(ahead)
     }
 
     /// `seq`'s position (see [`ahead`](Self::ahead)).
     fn position(&self, seq: u64) -> Pos {
+        let at = self.at();
         match self.ahead(seq) {
-            Some(ahead) => self.last + Pos::from(ahead),
+            Some(ahead) => at + Pos::from(ahead),
             // Behind by `CYCLE - ahead` (no underflow: in the first cycle a seq behind is
             // at most `last`).
-            None => match seq.wrapping_sub(self.last as u64) {
-                0 => self.last,
-                ahead => self.last + Pos::from(ahead) - CYCLE,
+            None => match seq.wrapping_sub(self.last) {
+                0 => at,
+                ahead => at + Pos::from(ahead) - CYCLE,
             },
         }
     }
@@ -253,11 +268,13 @@ impl ReorderWindow {
     }
 
     fn fits_distance(&self, pos: Pos) -> bool {
-        pos <= self.last || pos - self.last <= Pos::from(self.max)
+        let at = self.at();
+        pos <= at || pos - at <= Pos::from(self.max)
     }
 
     fn fits_cost(&self, pos: Pos, kept: Option<usize>) -> bool {
-        if pos <= self.last + 1 {
+        let at = self.at();
+        if pos <= at + 1 {
             // Late: stored nowhere. Next: the next pop takes it, so its payload is held
             // for no longer than that (the only moment the budget may be passed, by one
             // line).
@@ -266,7 +283,7 @@ impl ReorderWindow {
         if !self.fits_distance(pos) {
             return false;
         }
-        let slots = self.slots.len().max(ring_size((pos - self.last) as u64));
+        let slots = self.slots.len().max(ring_size((pos - at) as u64));
         let payloads = match kept {
             Some(len) => self.payloads.bytes_after(len),
             None => self.payloads.bytes(),
@@ -284,13 +301,14 @@ impl ReorderWindow {
     #[inline(always)]
     pub fn insert(&mut self, ev: Event, payload: &[u8]) -> Insert {
         debug_assert!(ev.seq >= 1);
-        let distance = ev.seq.wrapping_sub(self.last as u64);
-        // Late, past the ring, past `max` (the ring may be larger: a power of two at or
-        // above it), or with a payload to keep: checked.
-        if distance.wrapping_sub(1) >= self.slots.len() as u64
-            || distance > self.max
-            || !ev.canonical
-        {
+        // Late (or, near the end of the space, the next cycle's), past the ring, past
+        // `max` (the ring may be larger: a power of two at or above it), or with a
+        // payload to keep: checked.
+        if ev.seq <= self.last {
+            return self.insert_rare(ev, payload);
+        }
+        let distance = ev.seq - self.last;
+        if distance > self.slots.len() as u64 || distance > self.max || !ev.canonical {
             return self.insert_rare(ev, payload);
         }
         let i = self.slot(ev.seq);
@@ -353,7 +371,7 @@ impl ReorderWindow {
             self.occupied.set(i);
         }
         self.waiting += 1;
-        self.loss.arrived(self.last + Pos::from(distance));
+        self.loss.arrived(self.at() + Pos::from(distance));
     }
 
     /// Grows the ring to hold `distance`; if the memory cannot be had, the window stays as
@@ -383,17 +401,17 @@ impl ReorderWindow {
     /// The next event if it is here; else a skip if policy says so; else `None`.
     #[inline(always)]
     pub fn pop(&mut self) -> Option<Pop> {
-        let next = self.last + 1;
-        let seq = next as u64;
-        if seq == 0 {
-            self.last = next;
+        if self.last == u64::MAX {
+            self.last = 0;
+            self.cycle += 1;
             return Some(Pop::Wrapped);
         }
+        let seq = self.last + 1;
         let i = self.slot(seq);
         if self.slots[i].seq == seq {
             let ev = self.slots[i];
             self.slots[i].seq = 0; // empty: the rest of the slot is never read (nor its mark)
-            self.last = next;
+            self.last = seq;
             self.waiting -= 1;
             // Half a ring ahead: where events arriving soon will be stored.
             let ahead = self.slot(seq.wrapping_add(self.slots.len() as u64 / 2));
@@ -405,7 +423,7 @@ impl ReorderWindow {
         // step.)
         if !self.flushing
             && self.wanted.is_none()
-            && self.last >= self.gap_through
+            && self.at() >= self.gap_through
             && !self.loss.lost(self.waiting)
         {
             return None;
@@ -431,7 +449,7 @@ impl ReorderWindow {
                 // delivers what waits behind it; at worst the event becomes the next one.
                 (pos - 1, Skip::Room)
             }
-        } else if self.last < self.gap_through {
+        } else if self.at() < self.gap_through {
             (self.gap_through, Skip::Timeout)
         } else if self.loss.lost(self.waiting) {
             (Pos::MAX, Skip::Lost) // up to the first waiting event
@@ -458,11 +476,11 @@ impl ReorderWindow {
     /// Moves `last` over missing seqs, up to `through`, the first waiting event or the
     /// end of the cycle (the next pop passes it), whichever comes first.
     fn skip_missing(&mut self, through: Pos, why: Skip) -> Option<Pop> {
-        let from = self.last + 1;
+        let from = self.at() + 1;
         if through < from || from as u64 == 0 {
             return None;
         }
-        let end = self.last | (CYCLE - 1);
+        let end = from | (CYCLE - 1);
         let stop = match self.next_waiting() {
             Some(pos) => through.min(pos - 1),
             None => through,
@@ -470,11 +488,12 @@ impl ReorderWindow {
         if stop < from {
             return None;
         }
-        self.last = stop.min(end);
-        self.loss.skipped(from, self.last);
+        let through = stop.min(end);
+        self.set_at(through);
+        self.loss.skipped(from, through);
         Some(Pop::Skipped {
             from: from as u64,
-            through: self.last as u64,
+            through: through as u64,
             why,
         })
     }
@@ -490,19 +509,19 @@ impl ReorderWindow {
         let near = NEAR.min(cap);
         // (Seq 0, the end of a cycle, is in no slot: an empty one reads 0.)
         let found = (1..=near).find(|&k| {
-            let seq = (self.last as u64).wrapping_add(k);
+            let seq = self.last.wrapping_add(k);
             seq != 0 && self.slots[self.slot(seq)].seq == seq
         });
         if let Some(k) = found {
             self.skip_steps += k;
-            return Some(self.last + Pos::from(k));
+            return Some(self.at() + Pos::from(k));
         }
         self.skip_steps += near;
         if near == cap {
             debug_assert!(false, "{} waiting, none in the ring", self.waiting);
             return None;
         }
-        let next = (self.last as u64).wrapping_add(1);
+        let next = self.last.wrapping_add(1);
         let start = self.slot(next);
         let slots = &self.slots;
         let (found, steps) = self
@@ -512,7 +531,7 @@ impl ReorderWindow {
         let i = found?;
         let ahead = (i.wrapping_sub(start) & (self.slots.len() - 1)) as u64;
         debug_assert_eq!(self.slots[i].seq, next.wrapping_add(ahead));
-        Some(self.last + 1 + Pos::from(ahead))
+        Some(self.at() + 1 + Pos::from(ahead))
     }
 
     /// Gap timeout: from now on, [`pop`](Self::pop) gives up on every missing seq up to
@@ -569,6 +588,7 @@ impl ReorderWindow {
         self.payloads.release();
         self.next_payload = None;
         self.last = 0;
+        self.cycle = 0;
         self.waiting = 0;
         self.wanted = None;
         self.flushing = false;
