@@ -238,13 +238,14 @@ impl ReorderWindow {
 
     /// How far `seq` is ahead of the last seq delivered (counting the end of a cycle as
     /// a step), or `None` if it is behind: late. Within `max`, ahead, in this cycle or near
-    /// its end the next. Further, the nearer of the two readings: ahead by less than half
-    /// the space, or behind by at most half. Except that in the first cycle a seq above the
-    /// last one is ahead however far: no earlier cycle passed it.
+    /// its end the next. Further, ahead only in this cycle: at or below the last seq it
+    /// was passed in this cycle (delivered or skipped), however far behind. And once the
+    /// sequence has wrapped, a seq more than half the space above the last one is taken
+    /// for a late one of the previous cycle (a copy of `u64::MAX` just after the end).
     #[inline]
     fn ahead(&self, seq: u64) -> Option<u64> {
         let ahead = seq.wrapping_sub(self.last);
-        let far = ahead < 1 << 63 || (self.cycle == 0 && seq > self.last);
+        let far = seq > self.last && (self.cycle == 0 || ahead < 1 << 63);
         (ahead != 0 && (ahead <= self.max || far)).then_some(ahead)
     }
 
@@ -962,6 +963,42 @@ mod tests {
         assert_eq!(w.insert(ev(1 << 40), b""), Insert::Full);
     }
 
+    /// Found by a third fresh-eyes attack: after a jump of more than half the space, a
+    /// late copy of a seq delivered earlier in the same cycle read as the next cycle's
+    /// (less than half the space ahead), was jumped to and delivered a second time.
+    #[test]
+    fn a_seq_passed_in_this_cycle_is_late_however_far_behind() {
+        for wrapped in [false, true] {
+            let mut w = ReorderWindow::new(4, 1 << 20, usize::MAX, LossDetector::new(false));
+            if wrapped {
+                w = near_the_end(0, LossDetector::new(false)); // delivered u64::MAX
+                assert_eq!(w.next_seq(), 1);
+            }
+            for s in [1, 2] {
+                assert_eq!(w.insert(ev(s), b""), Insert::Stored);
+            }
+            assert_eq!(drain(&mut w).0, vec![1, 2]);
+            // Two jumps: once wrapped, more than half the space ahead reads as behind.
+            let far = (1 << 63) + 2;
+            for to in [1 << 62, far] {
+                assert_eq!(w.insert(ev(to), b""), Insert::Full);
+                w.make_room(&ev(to), b"");
+                drain(&mut w);
+                assert_eq!(w.insert(ev(to), b""), Insert::Stored);
+                assert!(w.skip_gap().is_some());
+                assert_eq!(drain(&mut w).0, vec![to]);
+            }
+            for s in [1, 2, far - 5] {
+                assert!(
+                    matches!(w.insert(ev(s), b""), Insert::Late | Insert::FalseSkip),
+                    "wrapped {wrapped}: {s}"
+                );
+            }
+            assert_eq!(w.insert(ev(far + 1), b""), Insert::Stored);
+            assert_eq!(drain(&mut w).0, vec![far + 1]);
+        }
+    }
+
     #[test]
     fn a_huge_jump_is_skipped_without_walking_every_seq() {
         let mut w = ReorderWindow::new(4, 1 << 20, usize::MAX, LossDetector::new(false));
@@ -1152,7 +1189,10 @@ mod tests {
                     }
                     Insert::Stored => stored += 1,
                     Insert::Duplicate => {}
-                    Insert::Late | Insert::FalseSkip => panic!("never generated"),
+                    // Past the end and more than `max` ahead: passed in this cycle.
+                    Insert::Late | Insert::FalseSkip => {
+                        assert!(s < w.next_seq() && s.wrapping_sub(w.next_seq()) >= max)
+                    }
                 }
                 if rng.below(10) == 0 {
                     if let Some(p) = w.skip_gap() {

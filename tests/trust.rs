@@ -212,6 +212,24 @@ fn the_sequence_crosses_its_end_in_any_order() {
     }
 }
 
+/// Found by a third fresh-eyes attack: after a jump of more than half the sequence space,
+/// a late copy of seq 1 read as the next cycle's, was jumped to and delivered again.
+#[test]
+fn a_seq_delivered_earlier_in_the_cycle_is_never_delivered_again() {
+    let s = Server::start(&["--gap-timeout-ms", "100"]);
+    let mut c = clients(&s, &[1]).remove(0);
+    let mut src = s.source();
+    send_lines(&mut src, &["1|B", "2|B"]);
+    assert_eq!(c.read_lines(2), ["1|B", "2|B"]);
+    let far = (1u64 << 63) + 2;
+    send_lines(&mut src, &[format!("{far}|B")]);
+    assert_eq!(c.read_lines(1), [format!("{far}|B")]);
+    send_lines(&mut src, &["1|B".to_string(), format!("{}|B", far + 1)]);
+    assert_eq!(c.read_lines(1), [format!("{}|B", far + 1)]);
+    let (_, log) = s.terminate();
+    assert_eq!(final_counter(&log, "late_or_dup"), 1, "{log}");
+}
+
 /// Found by a fresh-eyes attack (session 7): near the end of the sequence space, a hole
 /// with an event waiting behind it. The gap timeout skipped the waiting event along with
 /// the hole (the search for the next waiting event overflowed past u64::MAX), and at
