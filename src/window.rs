@@ -121,6 +121,9 @@ pub struct ReorderWindow {
     cycle: u64,
     /// The position of the start of this cycle: `cycle * u64::MAX`.
     base: Pos,
+    /// Seqs `1..=unsent` of this cycle were skipped before any was delivered (a session
+    /// that starts far ahead): none of them reached anyone.
+    unsent: u64,
     /// Events stored.
     waiting: usize,
     /// Making room for this event (its seq and the length of its payload, if kept): skip
@@ -165,6 +168,7 @@ impl ReorderWindow {
             last: 0,
             cycle: 0,
             base: 0,
+            unsent: 0,
             waiting: 0,
             wanted: None,
             flushing: false,
@@ -239,8 +243,11 @@ impl ReorderWindow {
     /// late. Above the last seq, in this cycle: ahead, and once the sequence has wrapped,
     /// more than half the space above is taken for a late one of the previous cycle (a
     /// copy of `u64::MAX` just after the end); in the first cycle nothing earlier passed
-    /// it. At or below the last seq: ahead in the next cycle if within `max` (near the end),
-    /// else passed in this cycle (delivered or skipped), however far behind.
+    /// it. At or below the last seq: ahead in the next cycle if within `max` of the highest
+    /// seq stored (near the end; arrivals are stored before the pops that follow them), or
+    /// if this cycle skipped it before delivering anything and it is less than half the
+    /// space ahead (a session that started near the end: it is ahead as it would be in
+    /// any other part of the space); else passed in this cycle, however far behind.
     #[inline]
     fn ahead(&self, seq: u64) -> Option<u64> {
         if seq > self.last {
@@ -250,7 +257,11 @@ impl ReorderWindow {
         } else {
             // `u64::MAX - last + seq` (no overflow: seq <= last).
             let ahead = seq.wrapping_sub(self.last).wrapping_sub(1);
-            (ahead <= self.max).then_some(ahead)
+            // What waits lies within `max` of the last seq, so this is at most 2 * max.
+            let stored = u64::try_from(self.loss.highest().saturating_sub(self.at()));
+            let reach = self.max.saturating_add(stored.unwrap_or(u64::MAX));
+            let unsent = seq <= self.unsent && ahead < 1 << 63;
+            (ahead <= reach || unsent).then_some(ahead)
         }
     }
 
@@ -422,6 +433,7 @@ impl ReorderWindow {
             self.last = 0;
             self.cycle += 1;
             self.base += CYCLE;
+            self.unsent = 0;
             return Some(Pop::Wrapped);
         }
         let seq = self.last + 1;
@@ -507,6 +519,9 @@ impl ReorderWindow {
             return None;
         }
         let through = stop.min(self.base + CYCLE);
+        if self.last == self.unsent {
+            self.unsent = (through - self.base) as u64; // nothing delivered yet this cycle
+        }
         self.last = (through - self.base) as u64;
         self.loss.skipped(from, through);
         Some(Pop::Skipped {
@@ -605,6 +620,7 @@ impl ReorderWindow {
         self.last = 0;
         self.cycle = 0;
         self.base = 0;
+        self.unsent = 0;
         self.waiting = 0;
         self.wanted = None;
         self.flushing = false;
@@ -967,6 +983,69 @@ mod tests {
             }
             assert_eq!(got, want, "window {window}");
         }
+    }
+
+    /// Arrivals are stored before the pops that follow them: a seq of the next cycle
+    /// beyond `max` of the last seq delivered, but within `max` of the highest one stored,
+    /// is ahead (room is made, delivering what waits), as it would be anywhere in the space,
+    /// not late (found by the third fresh-eyes attack: `u64::MAX - 1`, `u64::MAX - 2`, 1,
+    /// `u64::MAX` in one read at `--max-window 2` lost seq 1).
+    #[test]
+    fn the_next_cycle_is_ahead_within_max_of_the_highest_seq_stored() {
+        let max = u64::MAX;
+        let mut w = ReorderWindow::new(4, 2, usize::MAX, LossDetector::new(true));
+        let mut got = Vec::new();
+        for s in [max - 1, max - 2, 1, max] {
+            if w.insert(ev(s), b"") == Insert::Full {
+                w.make_room(&ev(s), b"");
+                while !w.fits(&ev(s), b"") {
+                    if let Some(Pop::Event(e)) = w.pop() {
+                        got.push(e.seq);
+                    }
+                }
+                assert_eq!(w.insert(ev(s), b""), Insert::Stored, "{s}");
+            }
+        }
+        got.extend(drain(&mut w).0);
+        assert_eq!(got, vec![max - 2, max - 1, max, 1]);
+        // Beyond that, a seq at or below the last one is late.
+        assert_eq!(
+            w.insert(ev(1 << 40), b""),
+            Insert::Full,
+            "ahead in this cycle"
+        );
+        assert_eq!(w.insert(ev(1), b""), Insert::Late);
+    }
+
+    /// A session that starts far ahead skips seqs no one ever got: near the end, the
+    /// next cycle's are ahead however far, as they would be anywhere else in the space
+    /// (room is made), not late (the third fresh-eyes attack's differential test: the
+    /// same shuffle mid-space and across the end delivered different events). Once one
+    /// was delivered in this cycle, the rest below the last seq are late; and so is one
+    /// that would be more than half the space ahead (a hole skipped at a cycle's start
+    /// is not the next cycle's).
+    #[test]
+    fn seqs_this_cycle_only_skipped_are_ahead_in_the_next() {
+        let max = u64::MAX;
+        let mut w = near_the_end(3, LossDetector::new(false)); // 1..=max - 4 skipped
+        assert_eq!(w.insert(ev(1 << 30), b""), Insert::Full);
+        // Skipped, but as the next cycle's more than half the space ahead: late.
+        assert_eq!(w.insert(ev(max - 4), b""), Insert::FalseSkip);
+        assert_eq!(w.insert(ev(max - 3), b""), Insert::Late, "delivered");
+        let mut w = ReorderWindow::new(4, 2, usize::MAX, LossDetector::new(false));
+        assert_eq!(w.insert(ev(max - 3), b""), Insert::Full);
+        w.make_room(&ev(max - 3), b"");
+        drain(&mut w); // 1..=max - 5 skipped
+        assert_eq!(w.insert(ev(max - 3), b""), Insert::Stored);
+        assert_eq!(
+            w.insert(ev(7), b""),
+            Insert::Full,
+            "skipped, never delivered"
+        );
+        assert_eq!(w.insert(ev(max - 4), b""), Insert::Stored);
+        assert_eq!(drain(&mut w).0, vec![max - 4, max - 3]);
+        assert_eq!(w.insert(ev(max - 3), b""), Insert::Late);
+        assert_eq!(w.insert(ev(7), b""), Insert::Full, "still never delivered");
     }
 
     /// Holes on both sides of the end: each skip's range stays within one cycle, and what

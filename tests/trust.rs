@@ -212,6 +212,25 @@ fn the_sequence_crosses_its_end_in_any_order() {
     }
 }
 
+/// Found by a third fresh-eyes attack: at `--max-window 2`, one read of `u64::MAX - 1`,
+/// `u64::MAX - 2`, 1, `u64::MAX` lost seq 1 (the end took a place in the window, and the
+/// next cycle's seq, beyond the window of the last seq delivered, was taken for late).
+#[test]
+fn a_small_window_holds_its_size_across_the_end() {
+    let s = Server::start(&["--max-window", "2", "--gap-timeout-ms", "0"]);
+    let mut c = clients(&s, &[1]).remove(0);
+    let mut src = s.source();
+    let max = u64::MAX;
+    send_lines(
+        &mut src,
+        &[max - 1, max - 2, 1, max].map(|s| format!("{s}|B")),
+    );
+    let want = [max - 2, max - 1, max, 1].map(|s| format!("{s}|B"));
+    assert_eq!(c.read_lines(4), want);
+    let (_, log) = s.terminate();
+    assert_eq!(final_counter(&log, "false_skips"), 0, "{log}");
+}
+
 /// Found by a third fresh-eyes attack: after a jump of more than half the sequence space,
 /// a late copy of seq 1 read as the next cycle's, was jumped to and delivered again.
 #[test]
