@@ -79,7 +79,10 @@ fn a_scrape_shows_every_counter_as_the_final_stats_line_prints_it() {
         if name == "longest_turn_us" || name == "scrapes" || name.starts_with("bytes_") {
             continue; // the scrape itself moved these
         }
-        let metric = format!("follower_maze_{name}_total");
+        let metric = match name {
+            "waiting" => "follower_maze_window_waiting".to_string(), // a gauge
+            _ => format!("follower_maze_{name}_total"),
+        };
         assert_eq!(
             m.get(&metric),
             Some(&value.parse::<f64>().unwrap()),

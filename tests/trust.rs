@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{clients, final_counter, proc_rss_kib, reset, send_lines, Client, Server};
+use common::{clients, counter, final_counter, proc_rss_kib, reset, send_lines, Client, Server};
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -210,6 +210,49 @@ fn the_sequence_crosses_its_end_in_any_order() {
         assert_eq!(final_counter(&log, "late_or_dup"), 2, "{log}");
         assert_eq!(final_counter(&log, "skipped"), max, "{log}");
     }
+}
+
+/// Found by a third fresh-eyes attack: events still waiting behind a hole at shutdown were
+/// counted nowhere, so the final counts did not add up to the events received.
+#[test]
+fn the_final_counts_account_for_every_event_received() {
+    let s = Server::start(&["--gap-timeout-ms", "0"]);
+    let mut c = clients(&s, &[1]).remove(0);
+    let mut src = s.source();
+    send_lines(
+        &mut src,
+        &["1|B", "1|B", "3|B", "4|B", "2|B", "7|B", "6|B", "x|B"],
+    );
+    assert_eq!(c.read_lines(4), ["1|B", "2|B", "3|B", "4|B"]);
+    let (_, log) = s.terminate();
+    let count = |name| final_counter(&log, name);
+    assert_eq!(count("waiting"), 2, "{log}");
+    let accounted = count("delivered") + count("late_or_dup") + count("false_skips");
+    assert_eq!(count("events_in"), accounted + count("waiting"), "{log}");
+}
+
+/// Found by a third fresh-eyes attack: once the process's `skipped` count stood at its
+/// ceiling, each session's (the difference of two counts) read near 0.
+#[test]
+fn each_session_counts_its_own_skips_past_the_ceiling() {
+    let s = Server::start(&["--gap-timeout-ms", "50"]);
+    let mut c = clients(&s, &[1]).remove(0);
+    for n in 1..=3 {
+        let mut src = s.source();
+        send_lines(&mut src, &["18446744073709551614|B"]);
+        assert_eq!(c.read_lines(1), ["18446744073709551614|B"]);
+        drop(src);
+        s.wait_log(&format!("session {n} ended"));
+    }
+    let log = s.log();
+    let skipped: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains(" ended after "))
+        .map(|l| counter(l, "skipped"))
+        .collect();
+    assert_eq!(skipped, [u64::MAX - 2; 3], "{log}");
+    let (_, log) = s.terminate();
+    assert_eq!(final_counter(&log, "skipped"), u64::MAX, "{log}");
 }
 
 /// Found by a third fresh-eyes attack: at `--max-window 2`, one read of `u64::MAX - 1`,

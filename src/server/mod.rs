@@ -624,9 +624,12 @@ impl Server {
             );
         }
         self.warns.flush();
+        // Events still behind a hole are not delivered: counted here, so that every event
+        // received is accounted for.
         info!(
-            "final stats: {} longest_turn_us={}",
+            "final stats: {} waiting={} longest_turn_us={}",
             self.stats,
+            self.window.waiting(),
             self.longest_turn_ever.as_micros()
         );
         Ok(())

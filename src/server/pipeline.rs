@@ -59,7 +59,7 @@ impl Server {
                             self.warns,
                             Warn::Skipped,
                             now,
-                            "seq {} delivered: the sequence space is used up, next seq is 1",
+                            "seq {} passed (delivered or skipped): the sequence space is used up, next seq is 1",
                             u64::MAX
                         );
                     }
@@ -369,7 +369,11 @@ impl Server {
 
     pub(super) fn skipped(&mut self, from: u64, through: u64, why: Skip, now: Instant) {
         // Two jumps across the space skip more than a u64 counts: it stays at its ceiling.
-        self.stats.seqs_skipped = self.stats.seqs_skipped.saturating_add(through - from + 1);
+        let n = through - from + 1;
+        self.stats.seqs_skipped = self.stats.seqs_skipped.saturating_add(n);
+        if let Some(session) = self.session.as_mut() {
+            session.skipped = session.skipped.saturating_add(n);
+        }
         let stalled = now.saturating_duration_since(self.gap_since);
         self.gap_since = now;
         let why = match why {

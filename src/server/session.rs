@@ -8,6 +8,9 @@ use super::*;
 pub(super) struct Session {
     pub(super) started: Instant,
     pub(super) at_start: Counters,
+    /// Seqs skipped, counted here: the process's count stops at its ceiling (two jumps
+    /// across the sequence space pass it), and a difference from it would not.
+    pub(super) skipped: u64,
 }
 
 impl Server {
@@ -21,6 +24,7 @@ impl Server {
         self.session = Some(Session {
             started: now,
             at_start: self.stats,
+            skipped: 0,
         });
     }
 
@@ -58,11 +62,14 @@ impl Server {
 
     fn log_session_end(&mut self, now: Instant) {
         if let Some(s) = self.session.take() {
+            let counts = Counters {
+                seqs_skipped: s.skipped,
+                ..self.stats.since(&s.at_start)
+            };
             info!(
-                "session {} ended after {:.3}s: {}",
+                "session {} ended after {:.3}s: {counts}",
                 self.sessions,
                 now.duration_since(s.started).as_secs_f64(),
-                self.stats.since(&s.at_start)
             );
         }
     }

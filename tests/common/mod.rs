@@ -370,6 +370,11 @@ pub fn final_counter(log: &str, name: &str) -> u64 {
         .lines()
         .rfind(|l| l.contains("final stats:"))
         .unwrap_or_else(|| panic!("no final stats in {log}"));
+    counter(line, name)
+}
+
+/// The counter `name` in one counters line (stats, session end, final stats).
+pub fn counter(line: &str, name: &str) -> u64 {
     let field = line
         .split_whitespace()
         .find_map(|f| f.strip_prefix(&format!("{name}=")))
