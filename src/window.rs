@@ -531,18 +531,18 @@ impl ReorderWindow {
         })
     }
 
-    /// The lowest waiting seq: among the next `NEAR` slots by looking at them, beyond
-    /// through the occupancy bitmap. Every waiting seq lies in `last+1 ..= last+capacity`,
-    /// so ring order from `last+1`'s slot is seq order.
+    /// The position of the lowest waiting seq: among the next `NEAR` slots by looking at
+    /// them, beyond through the occupancy bitmap. Every waiting seq lies within the
+    /// capacity after the last one, so ring order from the next one's slot is seq order.
     fn next_waiting(&mut self) -> Option<Pos> {
         if self.waiting == 0 {
             return None;
         }
         let cap = self.slots.len() as u64;
         let near = NEAR.min(cap);
-        let at = self.last.wrapping_sub(self.cycle);
+        let last = self.last.wrapping_sub(self.cycle); // its ring index
         let found = (1..=near)
-            .find(|&k| self.slots[self.slot(at.wrapping_add(k))].seq == self.seq_after(k));
+            .find(|&k| self.slots[self.slot(last.wrapping_add(k))].seq == self.seq_after(k));
         if let Some(k) = found {
             self.skip_steps += k;
             return Some(self.at() + Pos::from(k));
@@ -552,11 +552,13 @@ impl ReorderWindow {
             debug_assert!(false, "{} waiting, none in the ring", self.waiting);
             return None;
         }
-        let start = self.slot(at.wrapping_add(1));
+        let start = self.slot(last.wrapping_add(1));
         let slots = &self.slots;
         let (found, steps) = self
             .occupied
-            .next_full(self.slot(at.wrapping_add(1 + near)), |i| slots[i].seq != 0);
+            .next_full(self.slot(last.wrapping_add(1 + near)), |i| {
+                slots[i].seq != 0
+            });
         self.skip_steps += steps;
         let i = found?;
         let k = 1 + (i.wrapping_sub(start) & (self.slots.len() - 1)) as u64;
