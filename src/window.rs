@@ -52,6 +52,11 @@ pub enum Insert {
     /// budget. Call [`make_room`](ReorderWindow::make_room), pop until
     /// [`fits`](ReorderWindow::fits), then insert again.
     Full,
+    /// Behind the last seq delivered, with the next ones ready to pop: events stored
+    /// together are all stored before any is popped, and the ones ready may move the last
+    /// seq on (at the end of the sequence space, into the next cycle, where this one may
+    /// be ahead). Pop until `None`, then insert again: it is judged as if it came alone.
+    Deferred,
 }
 
 /// Why missing seqs were given up on.
@@ -282,6 +287,15 @@ impl ReorderWindow {
         seq.wrapping_sub(self.cycle).wrapping_sub(next_cycle)
     }
 
+    /// Whether a pop would move the last seq on now: the next seq waits, or the end of
+    /// the space is next.
+    fn ready(&self) -> bool {
+        let Some(next) = self.last.checked_add(1) else {
+            return true;
+        };
+        self.slots[self.slot(next.wrapping_sub(self.cycle))].seq == next
+    }
+
     /// The seq `k` seqs after the last one (past the end, the next cycle's).
     fn seq_after(&self, k: u64) -> u64 {
         let (seq, past_the_end) = self.last.overflowing_add(k);
@@ -361,6 +375,9 @@ impl ReorderWindow {
     #[inline(never)]
     fn insert_rare(&mut self, ev: Event, payload: &[u8]) -> Insert {
         let Some(distance) = self.ahead(ev.seq) else {
+            if self.ready() {
+                return Insert::Deferred;
+            }
             return self.late(ev.seq);
         };
         let within = distance <= self.slots.len() as u64;
@@ -1050,6 +1067,70 @@ mod tests {
         assert_eq!(w.insert(ev(7), b""), Insert::Full, "still never delivered");
     }
 
+    /// Found by a second fresh-eyes attack on the end of the space: lines that arrive
+    /// together are all stored before any is delivered, so a line behind the last seq
+    /// delivered may be judged against one the lines before it have already moved on
+    /// (at the end, onto the next cycle). It is deferred until what is ready has been
+    /// popped, and judged then, as if it had come alone.
+    #[test]
+    fn a_seq_behind_is_judged_after_what_is_ready_is_popped() {
+        /// Offers `s` as the server does; what is popped meanwhile goes to `got`.
+        fn offer(w: &mut ReorderWindow, s: u64, got: &mut Vec<u64>) -> Insert {
+            loop {
+                match w.insert(ev(s), b"") {
+                    Insert::Full => {
+                        w.make_room(&ev(s), b"");
+                        while !w.fits(&ev(s), b"") {
+                            if let Some(Pop::Event(e)) = w.pop() {
+                                got.push(e.seq);
+                            }
+                        }
+                    }
+                    Insert::Deferred => got.extend(drain(w).0),
+                    outcome => return outcome,
+                }
+            }
+        }
+        let max = u64::MAX;
+        let mut w = ReorderWindow::new(4, 4, usize::MAX, LossDetector::new(false));
+        let mut got = Vec::new();
+        for s in [1, 2, 3] {
+            assert_eq!(offer(&mut w, s, &mut got), Insert::Stored);
+            got.extend(drain(&mut w).0);
+        }
+        for s in [max - 5, max - 4, max - 3, max - 2] {
+            assert_eq!(offer(&mut w, s, &mut got), Insert::Stored);
+        }
+        got.extend(drain(&mut w).0);
+        // One read: the end, and the next cycle's 12 (beyond the window of max - 2).
+        assert_eq!(offer(&mut w, max, &mut got), Insert::Stored);
+        assert_eq!(offer(&mut w, max - 1, &mut got), Insert::Stored);
+        assert_eq!(w.insert(ev(12), b""), Insert::Deferred);
+        assert_eq!(offer(&mut w, 12, &mut got), Insert::Stored);
+        for s in [9, 10, 11] {
+            assert_eq!(offer(&mut w, s, &mut got), Insert::Stored);
+        }
+        got.extend(drain(&mut w).0);
+        let want = [
+            1,
+            2,
+            3,
+            max - 5,
+            max - 4,
+            max - 3,
+            max - 2,
+            max - 1,
+            max,
+            9,
+            10,
+            11,
+            12,
+        ];
+        assert_eq!(got, want);
+        // Nothing ready: a seq behind is judged at once.
+        assert_eq!(w.insert(ev(10), b""), Insert::Late);
+    }
+
     /// Holes on both sides of the end: each skip's range stays within one cycle, and what
     /// waits is delivered in order (by the gap timeout, and by a session end).
     #[test]
@@ -1324,6 +1405,7 @@ mod tests {
                     Insert::Late | Insert::FalseSkip => {
                         assert!(s < w.next_seq() && s.wrapping_sub(w.next_seq()) > max)
                     }
+                    Insert::Deferred => panic!("nothing is ready after a drain"),
                 }
                 if rng.below(10) == 0 {
                     if let Some(p) = w.skip_gap() {

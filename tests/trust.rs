@@ -212,6 +212,37 @@ fn the_sequence_crosses_its_end_in_any_order() {
     }
 }
 
+/// Found by a fourth fresh-eyes attack: lines that arrive together are all stored before
+/// any is delivered, so `12` (the next cycle's, in the same read as the end of the space)
+/// was judged against the last seq before the read, taken for late and lost, where line
+/// by line it was ahead.
+#[test]
+fn lines_read_together_are_judged_as_if_they_came_alone() {
+    let s = Server::start(&[
+        "--max-window",
+        "4",
+        "--keep-state",
+        "--gap-timeout-ms",
+        "0",
+        "--loss-detection",
+        "timeout",
+    ]);
+    let mut c = clients(&s, &[1]).remove(0);
+    let mut src = s.source();
+    let max = u64::MAX;
+    let b = |s: u64| format!("{s}|B");
+    send_lines(&mut src, &[1, 2, 3].map(b));
+    assert_eq!(c.read_lines(3), [1, 2, 3].map(b));
+    send_lines(&mut src, &[max - 5, max - 4, max - 3, max - 2].map(b));
+    assert_eq!(c.read_lines(4), [max - 5, max - 4, max - 3, max - 2].map(b));
+    send_lines(&mut src, &[max, max - 1, 12].map(b));
+    assert_eq!(c.read_lines(2), [max - 1, max].map(b));
+    send_lines(&mut src, &[9, 10, 11].map(b));
+    assert_eq!(c.read_lines(4), [9, 10, 11, 12].map(b));
+    let (_, log) = s.terminate();
+    assert_eq!(final_counter(&log, "false_skips"), 0, "{log}");
+}
+
 /// Found by a third fresh-eyes attack: events still waiting behind a hole at shutdown were
 /// counted nowhere, so the final counts did not add up to the events received.
 #[test]

@@ -63,6 +63,11 @@ impl Checker {
                 assert!(ahead > MAX);
             }
             Insert::Stored | Insert::Duplicate => {}
+            // Judged again once what is ready has gone out.
+            Insert::Deferred => {
+                self.drain();
+                return self.offer(ev, raw);
+            }
         }
         assert!(self.window.capacity() as u64 <= MAX.next_power_of_two());
         // The next event's payload is held apart, in a buffer of at most two lines.

@@ -67,15 +67,20 @@ impl Server {
                 continue;
             }
             if let Some((ev, payload)) = self.held.take() {
-                // `pop` found nothing to skip, so the room was made.
-                let payload = payload.as_deref().unwrap_or_default();
-                let stored = self.window.insert(ev, payload);
-                debug_assert_eq!(stored, Insert::Stored);
-                if stored != Insert::Stored {
-                    // Not reached (the window keeps room for any one event); should it be,
-                    // dropping one event beats looping forever.
-                    self.stats.late_or_duplicate += 1;
+                // `pop` found nothing more to do: the room was made, or what was ready to
+                // go before it went. Offered again, it is stored (room), or judged as if it
+                // had come alone (deferred).
+                if let Some(payload) = payload {
+                    self.raw.clear();
+                    self.raw.extend_from_slice(&payload);
                 }
+                let was_empty = self.window.waiting() == 0;
+                let outcome = self.window.insert(ev, &self.raw);
+                debug_assert_ne!(outcome, Insert::Deferred, "nothing was ready");
+                if outcome == Insert::Stored && was_empty {
+                    self.gap_since = now;
+                }
+                self.settle(ev, outcome, now);
                 continue;
             }
             if self.ending {
@@ -241,6 +246,13 @@ impl Server {
                 return;
             }
         };
+        self.settle(ev, outcome, now);
+    }
+
+    /// Acts on what the window did with `ev` (its line in `raw` if not canonical): counts
+    /// and warns what it discarded, holds what must wait for room or for what is ready
+    /// before it.
+    fn settle(&mut self, ev: Event, outcome: Insert, now: Instant) {
         match outcome {
             Insert::Stored => {}
             Insert::FalseSkip => {
@@ -264,8 +276,10 @@ impl Server {
                     ev.seq
                 );
             }
-            Insert::Full => {
-                self.window.make_room(&ev, &self.raw);
+            Insert::Full | Insert::Deferred => {
+                if outcome == Insert::Full {
+                    self.window.make_room(&ev, &self.raw);
+                }
                 let payload = (!ev.canonical).then(|| self.raw.as_slice().into());
                 self.held = Some((ev, payload));
             }
