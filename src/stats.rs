@@ -21,7 +21,7 @@ pub struct Counters {
     pub noop_events: u64,
     pub late_or_duplicate: u64,
     pub seqs_skipped: u64,
-    /// Events that arrived after their seq was skipped as lost.
+    /// Events that arrived after their seq was skipped (for whatever reason).
     pub false_skips: u64,
     /// Unterminated last lines of sources whose connection failed (reset), discarded.
     pub truncated_lines: u64,

@@ -573,3 +573,43 @@ fn a_client_that_keeps_up_is_written_at_the_write_size_not_once_per_turn() {
         "writes={writes} bytes_out={bytes}: average write over twice {WRITE_AT}"
     );
 }
+
+/// Found by a fresh-eyes attack: an event held back under backpressure (here one
+/// `--max-window` ahead, waiting for room while the events before it cannot go out) was
+/// counted in `events_in` and nowhere else, so at shutdown the final counts were one
+/// short of the events received. A held event is waiting.
+#[test]
+fn an_event_held_under_backpressure_is_counted_as_waiting() {
+    let s = Server::start(&[
+        "--client-buffer-limit",
+        "1",
+        "--total-buffer-limit",
+        "1",
+        "--loss-detection",
+        "timeout",
+        "--gap-timeout-ms",
+        "0",
+        "--max-window",
+        "4096",
+    ]);
+    let _reader = never_reader(&s, 1);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut src = s.source();
+    // 2..=4000 wait behind 1 (1,000-byte lines); 1 makes them all ready; 9000 needs room.
+    let mut bytes = Vec::new();
+    for seq in 2..=4000 {
+        bytes.extend_from_slice(format!("{seq:0>998}|B\n").as_bytes());
+    }
+    bytes.extend_from_slice(b"1|B\n9000|B\n");
+    let writer = std::thread::spawn(move || {
+        let _ = src.write_all(&bytes);
+        src
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, log) = s.terminate();
+    let count = |name| final_counter(&log, name);
+    assert!(count("waiting") > 0, "held back: {log}");
+    let accounted = count("delivered") + count("late_or_dup") + count("false_skips");
+    assert_eq!(count("events_in"), accounted + count("waiting"), "{log}");
+    drop(writer);
+}

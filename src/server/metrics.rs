@@ -206,8 +206,8 @@ impl Server {
             ),
             (
                 "window_waiting",
-                "events waiting for an earlier seq",
-                self.window.waiting() as u64,
+                "events received, not yet delivered or discarded",
+                self.waiting() as u64,
             ),
             (
                 "window_bytes",

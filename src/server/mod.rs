@@ -396,6 +396,12 @@ impl Server {
         self.flush_by = now + self.cfg.flush_delay;
     }
 
+    /// Events received and not yet delivered or discarded: the window's, and the one held
+    /// back for room or for what was ready before it.
+    fn waiting(&self) -> usize {
+        self.window.waiting() + usize::from(self.held.is_some())
+    }
+
     /// Backpressure: some client, or all of them together, hold too much output; or the
     /// router is still indexing a heavy user's follows (nothing may be routed meanwhile).
     fn paused(&self) -> bool {
@@ -629,7 +635,7 @@ impl Server {
         info!(
             "final stats: {} waiting={} longest_turn_us={}",
             self.stats,
-            self.window.waiting(),
+            self.waiting(),
             self.longest_turn_ever.as_micros()
         );
         Ok(())

@@ -218,7 +218,7 @@ impl Server {
                     self.warns,
                     Warn::NoOp,
                     now,
-                    "event {seq} is malformed ({why:?}): delivered as a no-op"
+                    "event {seq} is malformed ({why:?}): a no-op in its place"
                 );
                 let ev = Event::noop(seq);
                 (ev, self.store(ev, now))
@@ -261,7 +261,7 @@ impl Server {
                     self.warns,
                     Warn::LateOrDuplicate,
                     now,
-                    "event {} arrived after it was skipped as lost: learned disorder now {}",
+                    "event {} arrived after its seq was skipped (a false skip): discarded; learned disorder now {}",
                     ev.seq,
                     self.window.disorder()
                 );

@@ -111,7 +111,7 @@ impl Server {
             self.pending_ids,
             self.window.capacity(),
             self.window.max(),
-            self.window.waiting(),
+            self.waiting(),
             self.window.bytes(),
             self.window.budget(),
             self.window.disorder(),
