@@ -922,10 +922,9 @@ mod tests {
         }
     }
 
-    /// A window whose last seq delivered is `u64::MAX - back` (reached by a far jump).
-    fn near_the_end(back: u64, loss: LossDetector) -> ReorderWindow {
-        let mut w = ReorderWindow::new(4, 1 << 20, usize::MAX, loss);
-        let first = u64::MAX - back;
+    /// A window of `max` whose last seq delivered is `first` (reached by a far jump).
+    fn jumped_to(first: u64, max: u64, loss: LossDetector) -> ReorderWindow {
+        let mut w = ReorderWindow::new(4, max, usize::MAX, loss);
         assert_eq!(w.insert(ev(first), b""), Insert::Full);
         w.make_room(&ev(first), b"");
         drain(&mut w);
@@ -933,6 +932,11 @@ mod tests {
         assert!(w.skip_gap().is_some());
         assert_eq!(drain(&mut w).0, vec![first]);
         w
+    }
+
+    /// A window whose last seq delivered is `u64::MAX - back` (reached by a far jump).
+    fn near_the_end(back: u64, loss: LossDetector) -> ReorderWindow {
+        jumped_to(u64::MAX - back, 1 << 20, loss)
     }
 
     /// The last `k` seqs of the space and the first `k` of the next cycle.
@@ -980,14 +984,8 @@ mod tests {
             (4, 4, vec![max - 2, max - 3, 2, max - 1, 1, max]),
             (1 << 20, 11, vec![(1 << 20) - 11, max - 10]),
         ] {
-            let mut w = ReorderWindow::new(4, window, usize::MAX, LossDetector::new(false));
             let first = max - back;
-            assert_eq!(w.insert(ev(first), b""), Insert::Full);
-            w.make_room(&ev(first), b"");
-            drain(&mut w);
-            assert_eq!(w.insert(ev(first), b""), Insert::Stored);
-            assert!(w.skip_gap().is_some());
-            assert_eq!(drain(&mut w).0, vec![first]);
+            let mut w = jumped_to(first, window, LossDetector::new(false));
             let mut got = Vec::new();
             for s in arrivals.iter().copied() {
                 assert_eq!(w.insert(ev(s), b""), Insert::Stored, "window {window}: {s}");
