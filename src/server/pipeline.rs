@@ -74,12 +74,8 @@ impl Server {
                     self.raw.clear();
                     self.raw.extend_from_slice(&payload);
                 }
-                let was_empty = self.window.waiting() == 0;
-                let outcome = self.window.insert(ev, &self.raw);
+                let outcome = offer(&mut self.window, &mut self.gap_since, ev, &self.raw, now);
                 debug_assert_ne!(outcome, Insert::Deferred, "nothing was ready");
-                if outcome == Insert::Stored && was_empty {
-                    self.gap_since = now;
-                }
                 self.settle(ev, outcome, now);
                 continue;
             }
@@ -411,8 +407,7 @@ impl Server {
     }
 }
 
-/// Counts `ev` as received and offers it to the window (`payload`: the line as read, kept
-/// if not canonical); the first event to wait starts the gap clock.
+/// Counts `ev` as received and offers it to the window.
 #[inline(always)]
 fn store(
     window: &mut ReorderWindow,
@@ -424,6 +419,19 @@ fn store(
 ) -> Insert {
     stats.events_received += 1;
     trace!("event {} received: {:?}", ev.seq, ev.kind);
+    offer(window, gap_since, ev, payload, now)
+}
+
+/// Offers `ev` to the window (`payload`: the line as read, kept if not canonical); the
+/// first event to wait starts the gap clock.
+#[inline(always)]
+fn offer(
+    window: &mut ReorderWindow,
+    gap_since: &mut Instant,
+    ev: Event,
+    payload: &[u8],
+    now: Instant,
+) -> Insert {
     let was_empty = window.waiting() == 0;
     let outcome = window.insert(ev, payload);
     if outcome == Insert::Stored && was_empty {
