@@ -274,9 +274,17 @@ impl ReorderWindow {
     fn position(&self, seq: u64) -> Pos {
         match self.ahead(seq) {
             Some(ahead) => self.at() + Pos::from(ahead),
-            None if seq <= self.last => self.base + Pos::from(seq),
+            None => self.behind(seq),
+        }
+    }
+
+    /// The position of `seq`, one that [`ahead`](Self::ahead) finds behind.
+    fn behind(&self, seq: u64) -> Pos {
+        if seq <= self.last {
+            self.base + Pos::from(seq)
+        } else {
             // The previous cycle's (only once wrapped, so no underflow).
-            None => self.base + Pos::from(seq) - CYCLE,
+            self.base + Pos::from(seq) - CYCLE
         }
     }
 
@@ -360,9 +368,10 @@ impl ReorderWindow {
         Insert::Stored
     }
 
+    /// `seq`, which [`ahead`](Self::ahead) found behind: late, or a false skip.
     #[cold]
     fn late(&mut self, seq: u64) -> Insert {
-        if self.loss.false_skip(self.position(seq), self.max) {
+        if self.loss.false_skip(self.behind(seq), self.max) {
             Insert::FalseSkip
         } else {
             Insert::Late
