@@ -931,15 +931,20 @@ mod tests {
         }
     }
 
+    /// Jumps `w` to `to`, far ahead: room made, the holes before it given up, it delivered.
+    fn jump(w: &mut ReorderWindow, to: u64) {
+        assert_eq!(w.insert(ev(to), b""), Insert::Full);
+        w.make_room(&ev(to), b"");
+        drain(w);
+        assert_eq!(w.insert(ev(to), b""), Insert::Stored);
+        assert!(w.skip_gap().is_some());
+        assert_eq!(drain(w).0, vec![to]);
+    }
+
     /// A window of `max` whose last seq delivered is `first` (reached by a far jump).
     fn jumped_to(first: u64, max: u64, loss: LossDetector) -> ReorderWindow {
         let mut w = ReorderWindow::new(4, max, usize::MAX, loss);
-        assert_eq!(w.insert(ev(first), b""), Insert::Full);
-        w.make_room(&ev(first), b"");
-        drain(&mut w);
-        assert_eq!(w.insert(ev(first), b""), Insert::Stored);
-        assert!(w.skip_gap().is_some());
-        assert_eq!(drain(&mut w).0, vec![first]);
+        jump(&mut w, first);
         w
     }
 
@@ -1201,12 +1206,7 @@ mod tests {
             // Two jumps: once wrapped, more than half the space ahead reads as behind.
             let far = (1 << 63) + 2;
             for to in [1 << 62, far] {
-                assert_eq!(w.insert(ev(to), b""), Insert::Full);
-                w.make_room(&ev(to), b"");
-                drain(&mut w);
-                assert_eq!(w.insert(ev(to), b""), Insert::Stored);
-                assert!(w.skip_gap().is_some());
-                assert_eq!(drain(&mut w).0, vec![to]);
+                jump(&mut w, to);
             }
             for s in [1, 2, far - 5] {
                 assert!(
