@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks a follower-maze server on named workloads with maze-sim and prints one table
-# row per run: events/s, notifications/s, server CPU seconds (user+sys), server peak RSS
+# row per run: events/s, notifications/s, server CPU seconds (user+sys), the share of a
+# core that is (CPU over the run's time), server CPU ns per notification, server peak RSS
 # (VmHWM), maze-sim's own CPU, delivery latency p50/p99/p99.9/max in microseconds (source
 # write of the batch to the verifier's read), and whether verification passed; at the end
 # the same rows as a Markdown table with medians (below). eventsPerSecond=N paces the
@@ -10,7 +11,9 @@
 #
 # Each run's row also goes, tab-separated ("-" for no value), to BENCH_OUT/results.tsv
 # (BENCH_OUT defaults to target/bench/<UTC timestamp>); at the end bench-report turns it
-# into a Markdown table (runs, medians, floor multiples), printed and written to
+# into a Markdown table (runs, medians, the goal lines of issue #13: each server's classic
+# CPU against the floor's, its 10k-clients CPU per notification against its classic one,
+# its paced CPU share and p99 next to the paced floor's), printed and written to
 # results.md, and a chart beside it, chart.svg (events/s and server CPU per server and
 # workload, latency percentiles at the paced workload).
 #
@@ -34,7 +37,9 @@
 # Workloads: floor (the classic 10M events through floor-relay, which hands each line to one
 # client round-robin: no parsing, ordering or routing; once per round, whatever SERVERS says; with
 # classic in the same invocation each server's classic CPU is also shown as a multiple of
-# it), classic (10M events, 100 clients, 1,000 users, batches of 100), paced (the classic
+# it), floor-paced (floor-relay on the paced workload: the latency of a server that only
+# relays, so the instrument's and the machine's own share of a paced p99; once per round
+# too), classic (10M events, 100 clients, 1,000 users, batches of 100), paced (the classic
 # shape, 1M events paced at eventsPerSecond=100000: latency at equal load, 10 s),
 # 10k-clients (2M events, 10,000 clients, 100,000 users), deep-disorder (2M events,
 # batches of 200,000), broadcast-heavy (2M events, 5% broadcasts), soak (100M events,
@@ -72,6 +77,7 @@ workload_env() {
     soak) echo "scenario=soak totalEvents=100000000" ;;
     floor) echo "scenario=floor totalEvents=10000000 concurrencyLevel=100 numberOfUsers=1000" ;;
     paced) echo "totalEvents=1000000 concurrencyLevel=100 numberOfUsers=1000 eventsPerSecond=100000" ;;
+    floor-paced) echo "scenario=floor totalEvents=1000000 concurrencyLevel=100 numberOfUsers=1000 eventsPerSecond=100000" ;;
     *) echo "unknown workload: $1" >&2; exit 2 ;;
   esac
 }
@@ -114,7 +120,7 @@ field() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"; }
 # The same, or "-" when the line has no such key (a table cell is never empty).
 cell() { local v; v=$(field "$1" "$2"); echo "${v:--}"; }
 
-row() { printf '%-12s %-16s %-6s %12s %14s %12s %14s %10s %9s %9s %9s %9s %s\n' "$@"; }
+row() { printf '%-12s %-16s %-6s %12s %14s %12s %9s %11s %14s %10s %9s %9s %9s %9s %s\n' "$@"; }
 
 BENCH_OUT=${BENCH_OUT:-target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
 TSV=$BENCH_OUT/results.tsv
@@ -123,7 +129,7 @@ TSV=$BENCH_OUT/results.tsv
 tsv_row() {
   if [ -z "${tsv_started:-}" ]; then
     mkdir -p "$BENCH_OUT"
-    echo "server workload run events_per_s notifications_per_s server_cpu_s server_rss_kib" \
+    echo "server workload run events_per_s notifications_per_s server_cpu_s cpu_share ns_per_note server_rss_kib" \
       "sim_cpu_s p50_us p99_us p999_us max_us result" | tr ' ' '\t' >"$TSV"
     tsv_started=1
   fi
@@ -181,19 +187,19 @@ adversarial() {
 # the end of the invocation.
 header=
 for run in $(seq 1 "$RUNS"); do
-  floor_done=
+  floors_done=
   while IFS= read -r entry; do
     [ -n "${entry// }" ] || continue
     name=${entry%%=*}
     cmd=${entry#*=}
     for w in "${workloads[@]}"; do
       # The floor is the relay's, not a server's: measured once per round.
-      if [ "$w" = floor ]; then
-        [ -z "$floor_done" ] || continue
-        floor_done=1
-      fi
       server_name=$name server_cmd=$cmd
-      [ "$w" != floor ] || { server_name=floor server_cmd=$BIN/floor-relay; }
+      if [ "$w" = floor ] || [ "$w" = floor-paced ]; then
+        [[ " $floors_done " != *" $w "* ]] || continue
+        floors_done="$floors_done $w"
+        server_name=floor server_cmd=$BIN/floor-relay
+      fi
       if [ "$w" = adversarial ] || [ "$w" = adversarial-smoke ]; then
         # Its own table, with its own RUNS loop: once per invocation.
         [ "$run" = 1 ] || continue
@@ -201,7 +207,7 @@ for run in $(seq 1 "$RUNS"); do
         header=
         continue
       fi
-      [ -n "$header" ] || { row server workload run events/s notifications/s server_cpu_s server_rss_kib sim_cpu_s p50_us p99_us p999_us max_us result; header=1; }
+      [ -n "$header" ] || { row server workload run events/s notifications/s server_cpu_s cpu_share ns_per_note server_rss_kib sim_cpu_s p50_us p99_us p999_us max_us result; header=1; }
       envs=$(workload_env "$w")
       log=$(mktemp)
       start_server "$server_cmd" "$log"
@@ -215,9 +221,13 @@ for run in $(seq 1 "$RUNS"); do
       notes=$(field notifications "$summary")
       nps=$(awk -v n="$notes" -v t="$elapsed" 'BEGIN { if (t > 0) printf "%.0f", n / t; else print "-" }')
       result=$(field result "$summary")
+      cpu=$(field server_cpu_s "$summary")
       # A run whose server CPU could not be read measured nothing: not a pass.
-      [[ "$(field server_cpu_s "$summary")" =~ ^[0-9.]+$ ]] || result="fail(no-server-cpu)"
-      r=("$server_name" "$w" "$run" "$(cell events_per_s "$summary")" "$nps" "$(cell server_cpu_s "$summary")" \
+      [[ "$cpu" =~ ^[0-9.]+$ ]] || { result="fail(no-server-cpu)"; cpu=-; }
+      # The goals' units: the share of a core over the run, and CPU per notification.
+      share=$(awk -v c="$cpu" -v t="$elapsed" 'BEGIN { if (c != "-" && t > 0) printf "%.2f", c / t; else print "-" }')
+      ns_note=$(awk -v c="$cpu" -v n="$notes" 'BEGIN { if (c != "-" && n > 0) printf "%.0f", c * 1e9 / n; else print "-" }')
+      r=("$server_name" "$w" "$run" "$(cell events_per_s "$summary")" "$nps" "$(cell server_cpu_s "$summary")" "$share" "$ns_note" \
          "$(cell server_peak_rss_kib "$summary")" "$(cell sim_cpu_s "$summary")" \
          "$(cell latency_p50_us "$summary")" "$(cell latency_p99_us "$summary")" \
          "$(cell latency_p999_us "$summary")" "$(cell latency_max_us "$summary")" "$result")

@@ -8,23 +8,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const HEADER: &str = "server\tworkload\trun\tevents_per_s\tnotifications_per_s\tserver_cpu_s\t\
-                      server_rss_kib\tsim_cpu_s\tp50_us\tp99_us\tp999_us\tmax_us\tresult";
+                      cpu_share\tns_per_note\tserver_rss_kib\tsim_cpu_s\tp50_us\tp99_us\tp999_us\tmax_us\tresult";
 
 /// Three runs of the floor, three of ours and two of another server on classic, paced runs
 /// of both: every shape the report handles, with values whose medians are known.
 const RESULTS: &str = "\
-floor\tfloor\t1\t700000\t700000\t1.80\t2500\t3.0\t-\t-\t-\t-\tpass
-floor\tfloor\t2\t720000\t720000\t1.60\t2600\t3.1\t-\t-\t-\t-\tpass
-floor\tfloor\t3\t710000\t710000\t1.70\t2550\t3.2\t-\t-\t-\t-\tpass
-ours\tclassic\t1\t310000\t620000\t2.50\t3400\t5.1\t80000\t130000\t135000\t140000\tpass
-ours\tclassic\t2\t290000\t580000\t2.10\t3300\t5.3\t82000\t131000\t136000\t141000\tpass
-ours\tclassic\t3\t300000\t600000\t2.30\t3350\t5.2\t81000\t132000\t137000\t142000\tpass
-other\tclassic\t1\t200000\t400000\t4.00\t30000\t5.0\t100\t200\t300\t400\tpass
-other\tclassic\t2\t210000\t420000\t5.00\t31000\t5.0\t101\t201\t301\t401\tfail(timeout)
-ours\tpaced\t1\t100000\t200000\t0.90\t3300\t2.0\t390\t2700\t5000\t7400\tpass
-ours\tpaced\t2\t100000\t200000\t0.95\t3300\t2.0\t400\t2800\t5100\t7500\tpass
-ours\tpaced\t3\t100000\t200000\t0.80\t3300\t2.0\t380\t2600\t4900\t7600\tpass
-other\tpaced\t1\t99000\t198000\t1.90\t30000\t2.0\t900\t12000\t25000\t37000\tpass
+floor\tfloor\t1\t700000\t700000\t1.80\t0.50\t76\t2500\t3.0\t-\t-\t-\t-\tpass
+floor\tfloor\t2\t720000\t720000\t1.60\t0.52\t77\t2600\t3.1\t-\t-\t-\t-\tpass
+floor\tfloor\t3\t710000\t710000\t1.70\t0.51\t78\t2550\t3.2\t-\t-\t-\t-\tpass
+ours\tclassic\t1\t310000\t620000\t2.50\t0.71\t99\t3400\t5.1\t80000\t130000\t135000\t140000\tpass
+ours\tclassic\t2\t290000\t580000\t2.10\t0.73\t87\t3300\t5.3\t82000\t131000\t136000\t141000\tpass
+ours\tclassic\t3\t300000\t600000\t2.30\t0.72\t93\t3350\t5.2\t81000\t132000\t137000\t142000\tpass
+other\tclassic\t1\t200000\t400000\t4.00\t0.80\t150\t30000\t5.0\t100\t200\t300\t400\tpass
+other\tclassic\t2\t210000\t420000\t5.00\t0.90\t160\t31000\t5.0\t101\t201\t301\t401\tfail(timeout)
+ours\tpaced\t1\t100000\t200000\t0.90\t0.33\t1806\t3300\t2.0\t390\t2700\t5000\t7400\tpass
+ours\tpaced\t2\t100000\t200000\t0.95\t0.29\t1608\t3300\t2.0\t400\t2800\t5100\t7500\tpass
+ours\tpaced\t3\t100000\t200000\t0.80\t0.32\t1764\t3300\t2.0\t380\t2600\t4900\t7600\tpass
+other\tpaced\t1\t99000\t198000\t1.90\t0.60\t3000\t30000\t2.0\t900\t12000\t25000\t37000\tpass
 ";
 
 /// An empty directory of this test's own under cargo's scratch space for tests.
@@ -142,30 +142,31 @@ fn the_table_has_every_run_and_the_medians() {
     );
     assert_eq!(
         row(&md, "ours", "classic", "2"),
-        Some("| ours | classic | 2 | 290000 | 580000 | 2.10 | 3300 | 5.3 | 82000 | 131000 | 136000 | 141000 | pass |")
+        Some("| ours | classic | 2 | 290000 | 580000 | 2.10 | 0.73 | 87 | 3300 | 5.3 | 82000 | 131000 | 136000 | 141000 | pass |")
     );
     // Medians of three: the middle value of each column, whichever run it came from.
     assert_eq!(
         row(&md, "ours", "classic", "median"),
-        Some("| ours | classic | median | 300000 | 600000 | 2.30 | 3350 | 5.2 | 81000 | 131000 | 136000 | 141000 | 3/3 pass |")
+        Some("| ours | classic | median | 300000 | 600000 | 2.30 | 0.72 | 93 | 3350 | 5.2 | 81000 | 131000 | 136000 | 141000 | 3/3 pass |")
     );
     assert_eq!(
         row(&md, "ours", "paced", "median"),
-        Some("| ours | paced | median | 100000 | 200000 | 0.90 | 3300 | 2.0 | 390 | 2700 | 5000 | 7500 | 3/3 pass |")
+        Some("| ours | paced | median | 100000 | 200000 | 0.90 | 0.32 | 1764 | 3300 | 2.0 | 390 | 2700 | 5000 | 7500 | 3/3 pass |")
     );
     // Medians of two: the mean of both, a digit longer where that needs one.
     assert_eq!(
         row(&md, "other", "classic", "median"),
-        Some("| other | classic | median | 205000 | 410000 | 4.50 | 30500 | 5.0 | 100.5 | 200.5 | 300.5 | 400.5 | 1/2 pass |")
+        Some("| other | classic | median | 205000 | 410000 | 4.50 | 0.85 | 155 | 30500 | 5.0 | 100.5 | 200.5 | 300.5 | 400.5 | 1/2 pass |")
     );
     assert_eq!(
         row(&md, "floor", "floor", "median"),
-        Some("| floor | floor | median | 710000 | 710000 | 1.70 | 2550 | 3.1 | - | - | - | - | 3/3 pass |")
+        Some("| floor | floor | median | 710000 | 710000 | 1.70 | 0.51 | 77 | 2550 | 3.1 | - | - | - | - | 3/3 pass |")
     );
     // One run: no median row.
     assert!(row(&md, "other", "paced", "1").is_some());
     assert_eq!(row(&md, "other", "paced", "median"), None);
-    // Classic median CPU over the floor's median: 2.30 / 1.70 and 4.50 / 1.70.
+    // The goal lines: classic median CPU over the floor's median (2.30 / 1.70 and
+    // 4.50 / 1.70), and each server's paced share of a core and p99 (no paced floor ran).
     let floor: Vec<&str> = lines
         .iter()
         .copied()
@@ -176,6 +177,8 @@ fn the_table_has_every_run_and_the_medians() {
         [
             "- ours: classic server CPU 2.30 s = 1.35x the floor (1.70 s)",
             "- other: classic server CPU 4.50 s = 2.65x the floor (1.70 s)",
+            "- ours: paced server CPU 0.32 of a core, p99 2700 us",
+            "- other: paced server CPU 0.60 of a core, p99 12000 us",
         ]
     );
 }
@@ -242,8 +245,9 @@ fn the_render_check_fails_on_a_broken_or_blank_chart() {
 #[test]
 fn a_malformed_line_exits_2_and_names_it() {
     let dir = scratch("malformed");
-    let bad =
-        format!("{HEADER}\nours\tclassic\t1\t300000\t600000\tfast\t3400\t5.1\t1\t2\t3\t4\tpass\n");
+    let bad = format!(
+        "{HEADER}\nours\tclassic\t1\t300000\t600000\tfast\t0.5\t90\t3400\t5.1\t1\t2\t3\t4\tpass\n"
+    );
     let out = report(&dir, &bad);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);

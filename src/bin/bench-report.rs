@@ -3,10 +3,12 @@
 //! Input: a TSV with one line per run in the columns of bench.sh's text table (`COLUMNS`),
 //! "-" for a cell without a value; a first line naming the columns is allowed, and checked.
 //! Output: on stdout a Markdown table of the runs, with a median row per server and
-//! workload that ran more than once, then each server's classic median server CPU as a
-//! multiple of the floor's when both were measured. With `--svg OUT`, a chart: events/s and
-//! server CPU per workload and server, and latency percentiles per server at the paced
-//! workload when it ran (medians where there are several runs).
+//! workload that ran more than once, then the goal lines of issue #13 for what was measured
+//! (`goal_lines`: classic CPU against the floor's, 10k-clients CPU per notification against
+//! classic's, the paced share of a core and p99 beside the paced floor's). With `--svg OUT`,
+//! a chart: events/s and server CPU per workload and server, and latency percentiles per
+//! server at the paced workload when it ran, the paced floor's beside them (medians where
+//! there are several runs).
 //!
 //! Usage: `bench-report RESULTS.tsv [--svg OUT.svg]`. Exit 2 on bad usage or bad input
 //! (one line on stderr), 1 when the chart cannot be written.
@@ -19,13 +21,15 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 /// The TSV's columns, in order.
-const COLUMNS: [&str; 13] = [
+const COLUMNS: [&str; 15] = [
     "server",
     "workload",
     "run",
     "events_per_s",
     "notifications_per_s",
     "server_cpu_s",
+    "cpu_share",
+    "ns_per_note",
     "server_rss_kib",
     "sim_cpu_s",
     "p50_us",
@@ -35,13 +39,15 @@ const COLUMNS: [&str; 13] = [
     "result",
 ];
 /// The Markdown table's headings: the names bench.sh's text table uses.
-const HEADINGS: [&str; 13] = [
+const HEADINGS: [&str; 15] = [
     "server",
     "workload",
     "run",
     "events/s",
     "notifications/s",
     "server_cpu_s",
+    "cpu_share",
+    "ns_per_note",
     "server_rss_kib",
     "sim_cpu_s",
     "p50_us",
@@ -52,12 +58,15 @@ const HEADINGS: [&str; 13] = [
 ];
 /// The numeric columns start after server, workload and run.
 const FIRST_NUM: usize = 3;
-const NUMS: usize = 9;
+const NUMS: usize = 11;
 // Indexes into `Run::cells`.
 const EVENTS: usize = 0;
 const CPU: usize = 2;
-const P50: usize = 5;
-const MAX: usize = 8;
+const SHARE: usize = 3;
+const NS_PER_NOTE: usize = 4;
+const P50: usize = 7;
+const P99: usize = 8;
+const MAX: usize = 10;
 
 /// A numeric cell: the text as written (the table repeats it) and its value ("-": none).
 #[derive(Debug, Clone, PartialEq)]
@@ -120,7 +129,7 @@ fn parse_line(line: &str) -> Result<Run, String> {
         workload: fields[1].to_string(),
         run,
         cells,
-        result: fields[12].to_string(),
+        result: fields[FIRST_NUM + NUMS].to_string(),
     })
 }
 
@@ -235,34 +244,76 @@ fn groups(runs: &[Run]) -> Vec<Group<'_>> {
     out
 }
 
-/// Each server's classic median CPU as a multiple of the floor's (bench.sh's wording).
-/// The medians as the table writes them, and the ratio of those: the same figures as
-/// the median rows and as bench.sh's own line.
-fn floor_lines(groups: &[Group]) -> Vec<String> {
-    let cpu = |g: &Group| {
-        let text = g.median_text(CPU);
-        let value = parse_value(&text).ok().flatten()?;
-        Some((text, value))
+/// A group's median in `col` as the table writes it, and its value.
+fn median_of(g: &Group, col: usize) -> Option<(String, f64)> {
+    let text = g.median_text(col);
+    let value = parse_value(&text).ok().flatten()?;
+    Some((text, value))
+}
+
+/// The goal lines of issue #13, each from medians as the table writes them (the same
+/// figures as the median rows), for every server measured on what a line needs:
+/// - classic server CPU as a multiple of the floor's (floor-relay on the same stream);
+/// - 10k-clients CPU per notification as a multiple of the server's own classic one;
+/// - the paced run's share of a core and p99, with the paced floor's p99 beside it (the
+///   part of a p99 that any server pays on this machine and instrument).
+fn goal_lines(groups: &[Group]) -> Vec<String> {
+    let find = |server: &str, workload: &str| {
+        groups
+            .iter()
+            .find(|g| g.server == server && g.workload == workload)
     };
-    let floor = groups
-        .iter()
-        .find(|g| g.server == "floor" && g.workload == "floor")
-        .and_then(cpu);
-    let Some((floor_text, floor)) = floor.filter(|(_, f)| *f > 0.0) else {
-        return Vec::new();
-    };
-    groups
-        .iter()
-        .filter(|g| g.workload == "classic")
-        .filter_map(|g| {
-            let (text, value) = cpu(g)?;
-            Some(format!(
-                "{}: classic server CPU {text} s = {:.2}x the floor ({floor_text} s)",
-                g.server,
-                value / floor
-            ))
-        })
-        .collect()
+    let floor = find("floor", "floor")
+        .and_then(|g| median_of(g, CPU))
+        .filter(|(_, f)| *f > 0.0);
+    let floor_p99 = find("floor", "floor-paced").and_then(|g| median_of(g, P99));
+    let mut out = Vec::new();
+    for g in groups.iter().filter(|g| g.server != "floor") {
+        match g.workload {
+            "classic" => {
+                let (Some((text, value)), Some((floor_text, floor))) = (median_of(g, CPU), &floor)
+                else {
+                    continue;
+                };
+                out.push(format!(
+                    "{}: classic server CPU {text} s = {:.2}x the floor ({floor_text} s)",
+                    g.server,
+                    value / floor
+                ));
+            }
+            "10k-clients" => {
+                let classic = find(g.server, "classic")
+                    .and_then(|c| median_of(c, NS_PER_NOTE))
+                    .filter(|(_, c)| *c > 0.0);
+                let (Some((text, value)), Some((classic_text, classic))) =
+                    (median_of(g, NS_PER_NOTE), classic)
+                else {
+                    continue;
+                };
+                out.push(format!(
+                    "{}: 10k-clients server CPU {text} ns per notification = {:.2}x classic's ({classic_text} ns)",
+                    g.server,
+                    value / classic
+                ));
+            }
+            "paced" => {
+                let (Some((share, _)), Some((p99, _))) = (median_of(g, SHARE), median_of(g, P99))
+                else {
+                    continue;
+                };
+                let floor = floor_p99
+                    .as_ref()
+                    .map(|(f, _)| format!(" (the paced floor's p99: {f} us)"))
+                    .unwrap_or_default();
+                out.push(format!(
+                    "{}: paced server CPU {share} of a core, p99 {p99} us{floor}",
+                    g.server
+                ));
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// A cell's text with the one character that would end a Markdown cell escaped.
@@ -303,10 +354,10 @@ fn markdown(runs: &[Run]) -> String {
             out += &md_row(&cells);
         }
     }
-    let floor = floor_lines(&groups);
-    if !floor.is_empty() {
+    let goals = goal_lines(&groups);
+    if !goals.is_empty() {
         out.push('\n');
-        for line in floor {
+        for line in goals {
             out += &format!("- {}\n", md(&line));
         }
     }
@@ -353,7 +404,11 @@ fn by_workload(groups: &[Group], servers: &[&str], col: usize, title: &str) -> P
 
 /// The paced workload's latency percentiles, a category per percentile, a bar per server.
 fn latency(groups: &[Group], servers: &[&str]) -> Panel {
-    let paced: Vec<&Group> = groups.iter().filter(|g| g.workload == "paced").collect();
+    // The paced floor is the floor's bar here: the same load through a relay.
+    let paced: Vec<&Group> = groups
+        .iter()
+        .filter(|g| g.workload == "paced" || g.workload == "floor-paced")
+        .collect();
     let bars = (P50..=MAX)
         .map(|col| {
             paced
@@ -648,8 +703,23 @@ mod tests {
     }
 
     fn line(server: &str, workload: &str, run: u32, cpu: &str, p50: &str) -> String {
+        goal_line(server, workload, run, cpu, "0.25", "100", p50, "20")
+    }
+
+    /// A line with the goal lines' cells set too.
+    #[allow(clippy::too_many_arguments)]
+    fn goal_line(
+        server: &str,
+        workload: &str,
+        run: u32,
+        cpu: &str,
+        share: &str,
+        ns: &str,
+        p50: &str,
+        p99: &str,
+    ) -> String {
         format!(
-            "{server}\t{workload}\t{run}\t1000\t2000\t{cpu}\t3000\t0.5\t{p50}\t20\t30\t40\tpass"
+            "{server}\t{workload}\t{run}\t1000\t2000\t{cpu}\t{share}\t{ns}\t3000\t0.5\t{p50}\t{p99}\t30\t40\tpass"
         )
     }
 
@@ -680,7 +750,7 @@ mod tests {
         let long = format!("{}\textra", line("ours", "classic", 1, "1", "1"));
         assert!(parse_line(&long)
             .unwrap_err()
-            .contains("14 tab-separated cells"));
+            .contains("16 tab-separated cells"));
         let bad_cpu = line("ours", "classic", 1, "fast", "1");
         assert!(parse_line(&bad_cpu).unwrap_err().contains("server_cpu_s"));
         let bad_run = line("ours", "classic", 0, "1", "1");
@@ -778,7 +848,10 @@ mod tests {
                 line("ours", "classic", 1, "3.00", "1"),
                 line("ours", "paced", 1, "9", "1"),
             ]);
-            floor_lines(&groups(&runs))
+            // Only the classic line: the paced run is not a classic one.
+            let mut lines = goal_lines(&groups(&runs));
+            lines.retain(|l| !l.contains("paced"));
+            lines
         };
         assert_eq!(
             with("1.50"),
@@ -792,11 +865,44 @@ mod tests {
             line("ours", "classic", 2, "0.09", "1"),
         ]);
         assert_eq!(
-            floor_lines(&groups(&runs)),
+            goal_lines(&groups(&runs)),
             ["ours: classic server CPU 0.085 s = 2.12x the floor (0.04 s)"]
         );
         let no_floor = parse_runs(&line("ours", "classic", 1, "3", "1")).expect("a good line");
-        assert!(floor_lines(&groups(&no_floor)).is_empty());
+        assert!(goal_lines(&groups(&no_floor)).is_empty());
+    }
+
+    #[test]
+    fn the_10k_clients_ratio_is_per_notification_against_the_same_servers_classic() {
+        let runs = runs_of(&[
+            goal_line("ours", "classic", 1, "2", "0.9", "100", "-", "-"),
+            goal_line("other", "classic", 1, "2", "0.9", "50", "-", "-"),
+            goal_line("ours", "10k-clients", 1, "9", "0.9", "150", "-", "-"),
+            goal_line("ours", "10k-clients", 2, "9", "0.9", "120", "-", "-"),
+            goal_line("ours", "10k-clients", 3, "9", "0.9", "190", "-", "-"),
+            goal_line("other", "10k-clients", 1, "9", "0.9", "-", "-", "-"),
+            goal_line("third", "10k-clients", 1, "9", "0.9", "80", "-", "-"),
+        ]);
+        assert_eq!(
+            goal_lines(&groups(&runs)),
+            ["ours: 10k-clients server CPU 150 ns per notification = 1.50x classic's (100 ns)"],
+            "no line without a value, or without the same server's classic"
+        );
+    }
+
+    #[test]
+    fn the_paced_line_has_the_share_and_p99_and_the_paced_floors_p99() {
+        let paced = |p99: &str| goal_line("ours", "paced", 1, "3", "0.31", "-", "900", p99);
+        let floor = goal_line("floor", "floor-paced", 1, "2", "0.70", "-", "300", "2500");
+        assert_eq!(
+            goal_lines(&groups(&runs_of(&[floor.clone(), paced("4800")]))),
+            ["ours: paced server CPU 0.31 of a core, p99 4800 us (the paced floor's p99: 2500 us)"]
+        );
+        assert_eq!(
+            goal_lines(&groups(&runs_of(&[paced("4800")]))),
+            ["ours: paced server CPU 0.31 of a core, p99 4800 us"]
+        );
+        assert!(goal_lines(&groups(&runs_of(&[floor, paced("-")]))).is_empty());
     }
 
     #[test]
