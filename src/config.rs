@@ -53,7 +53,7 @@ impl Default for Config {
             learned_loss: true,
             keep_state: false,
             client_buffer_limit: 1 << 20,
-            total_buffer_limit: 8 << 20,
+            total_buffer_limit: 16 << 20,
             stall_timeout: Duration::from_millis(5000),
             // Measured (issue 13): at 100k events/s, 0.36 of a core instead of 0.74, p99
             // latency 4.9 ms instead of 2.6 (docs/design.md has the sweep).
@@ -105,7 +105,7 @@ Options (flag, environment variable, default):
   --keep-state                                  keep seq and follow graph across sessions
   --client-buffer-limit N                       1048576  bytes pending per client before
                                                        event sources are paused
-  --total-buffer-limit N                        8388608  bytes pending over all clients
+  --total-buffer-limit N                       16777216  bytes pending over all clients
                                                        before event sources are paused
   --stall-timeout-ms N                          5000   drop a client that takes no bytes
   --flush-delay-us N                            2000   output under 12 KiB waits at most this

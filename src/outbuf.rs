@@ -31,10 +31,10 @@ pub struct OutBuf {
 }
 
 impl OutBuf {
-    /// Queues `bytes` after everything pending.
-    pub fn append(&mut self, bytes: &[u8]) {
+    /// Queues `bytes` after everything pending (`straight`: see [`grow`](Self::grow)).
+    pub fn append(&mut self, bytes: &[u8], straight: bool) {
         if self.buf.capacity() - self.buf.len() < bytes.len() {
-            self.grow(bytes.len());
+            self.grow(bytes.len(), straight);
         }
         self.buf.extend_from_slice(bytes);
         // The next line of this buffer is written a few notifications from now, after
@@ -47,10 +47,10 @@ impl OutBuf {
     /// length (a notification is 12-25 bytes, and the call was 6% of the server's time);
     /// the bytes past `len` land in spare capacity, to be overwritten by the next append.
     #[inline(always)]
-    pub fn append_short(&mut self, block: &[u8; SHORT], len: usize) {
+    pub fn append_short(&mut self, block: &[u8; SHORT], len: usize, straight: bool) {
         debug_assert!(len <= SHORT);
         if self.buf.capacity() - self.buf.len() < SHORT {
-            self.grow(SHORT);
+            self.grow(SHORT, straight);
         }
         let at = self.buf.len();
         // SAFETY: at least `SHORT` bytes of capacity follow `at` (just ensured), so the
@@ -63,17 +63,20 @@ impl OutBuf {
     }
 
     /// Makes room for `more` bytes: doubling, as a `Vec` does (a client that gets little
-    /// keeps a small buffer: 10,000 of them must not hold 12 KiB each), but once past a
-    /// quarter of `WRITE_AT` straight to it (doubling would make it the next power of two,
-    /// and each step on the way leaves a freed block behind in the heap: 100 busy clients
-    /// peaked 0.2 MiB higher with the 8 KiB step); past it (a reader that does not keep
-    /// up) doubling again.
+    /// keeps a small buffer: 10,000 of them must not hold 12 KiB each), but, if
+    /// `straight`, once past a quarter of `WRITE_AT` straight to it (doubling would make
+    /// it the next power of two, and each step on the way leaves a freed block behind in
+    /// the heap: 100 busy clients peaked 0.2 MiB higher with the 8 KiB step); past it (a
+    /// reader that does not keep up) doubling again. The server asks for `straight` only
+    /// while every client holding `WRITE_AT` fits in `--total-buffer-limit`: with 10,000
+    /// clients, each written a few KiB at a time, the step would be 8 KiB of nothing each.
     #[cold]
-    fn grow(&mut self, more: usize) {
+    fn grow(&mut self, more: usize, straight: bool) {
         let need = self.buf.len() + more;
         let doubled = need.max(2 * self.buf.capacity());
         // `SHORT` more than `WRITE_AT`: a short append copies that much past the end.
-        let target = if need <= WRITE_AT + SHORT && doubled > WRITE_AT / 4 {
+        let step = if straight { WRITE_AT / 4 } else { WRITE_AT };
+        let target = if need <= WRITE_AT + SHORT && doubled > step {
             WRITE_AT + SHORT
         } else {
             doubled
@@ -150,7 +153,7 @@ mod tests {
     fn many_appends_one_write() {
         let mut o = OutBuf::default();
         for i in 0..100 {
-            o.append(format!("{i}|B\r\n").as_bytes());
+            o.append(format!("{i}|B\r\n").as_bytes(), true);
         }
         let total = o.pending();
         let mut s = Sink {
@@ -177,7 +180,7 @@ mod tests {
         for i in 0..500u32 {
             let line = format!("{i}|P|1|2\r\n");
             want.extend_from_slice(line.as_bytes());
-            o.append(line.as_bytes());
+            o.append(line.as_bytes(), true);
             if i % 3 == 0 {
                 o.write_to(&mut s).unwrap();
             }
@@ -192,7 +195,7 @@ mod tests {
     #[test]
     fn would_block_keeps_everything() {
         let mut o = OutBuf::default();
-        o.append(b"1|B\r\n");
+        o.append(b"1|B\r\n", true);
         let mut s = Sink {
             got: vec![],
             room: 0,
@@ -214,33 +217,67 @@ mod tests {
 
     /// The server writes a buffer before it would pass `WRITE_AT`: a buffer that fills up
     /// holds that much (plus the `SHORT` bytes a short append copies past its end), not
-    /// the next power of two; one that gets little stays small.
+    /// the next power of two; one that gets little stays small. Straight, it goes there
+    /// from a quarter of it; otherwise (many clients) it doubles all the way.
     #[test]
     fn a_buffer_grows_to_the_write_size_and_not_past_it() {
-        let mut o = OutBuf::default();
-        let line = b"1234567|P|123|456\r\n";
-        o.append_short(&block(line), line.len());
-        assert!(o.buf.capacity() < 64, "a first line: {}", o.buf.capacity());
-        let mut below = 0;
-        while o.pending() + line.len() <= WRITE_AT {
-            if o.buf.capacity() < WRITE_AT {
-                below = o.buf.capacity();
+        for straight in [true, false] {
+            let mut o = OutBuf::default();
+            let line = b"1234567|P|123|456\r\n";
+            o.append_short(&block(line), line.len(), straight);
+            assert!(o.buf.capacity() < 64, "a first line: {}", o.buf.capacity());
+            let mut steps = Vec::new();
+            while o.pending() + line.len() <= WRITE_AT {
+                if steps.last() != Some(&o.buf.capacity()) {
+                    steps.push(o.buf.capacity());
+                }
+                o.append_short(&block(line), line.len(), straight);
             }
-            o.append_short(&block(line), line.len());
+            assert_eq!(o.buf.capacity(), WRITE_AT + SHORT, "filled up to it");
+            let below = steps[steps.len() - 2];
+            if straight {
+                assert!(
+                    below <= WRITE_AT / 4,
+                    "straight from {below} to it, no step between: {steps:?}"
+                );
+            } else {
+                assert!(
+                    steps.windows(2).all(|w| w[1] <= 2 * w[0].max(SHORT)),
+                    "doubling, never more: {steps:?}"
+                );
+                assert!(below > WRITE_AT / 2, "{steps:?}");
+            }
+            o.append(line, straight);
+            assert!(
+                o.buf.capacity() >= WRITE_AT + line.len(),
+                "past it (blocked), it grows"
+            );
+            let mut o = OutBuf::default();
+            o.append(&vec![b'x'; WRITE_AT + 1], straight);
+            assert_eq!(o.pending(), WRITE_AT + 1, "a long first append fits whole");
         }
-        assert_eq!(o.buf.capacity(), WRITE_AT + SHORT, "filled up to it");
-        assert!(
-            below <= WRITE_AT / 4,
-            "straight from {below} to it, no step between"
-        );
-        o.append(line);
-        assert!(
-            o.buf.capacity() >= WRITE_AT + line.len(),
-            "past it (blocked), it grows"
-        );
-        let mut o = OutBuf::default();
-        o.append(&vec![b'x'; WRITE_AT + 1]);
-        assert_eq!(o.pending(), WRITE_AT + 1, "a long first append fits whole");
+    }
+
+    /// A buffer written at a few KiB (a client among 10,000) keeps a few KiB, not
+    /// `WRITE_AT`, unless it may grow straight.
+    #[test]
+    fn a_buffer_written_at_a_few_kib_stays_near_that_unless_straight() {
+        for (straight, most) in [(false, 4 * 1024 + SHORT), (true, WRITE_AT + SHORT)] {
+            let mut o = OutBuf::default();
+            let mut sink = Sink {
+                got: Vec::new(),
+                room: usize::MAX,
+                writes: 0,
+            };
+            for _ in 0..100 {
+                while o.pending() < 2600 {
+                    o.append_short(&block(b"1234567|B\r\n"), 11, straight);
+                }
+                o.write_to(&mut sink).unwrap();
+            }
+            assert!(o.buf.capacity() <= most, "{straight}: {}", o.buf.capacity());
+            assert!(o.buf.capacity() >= 2600);
+        }
     }
 
     /// Short appends commit their length only: what follows in each block never shows,
@@ -259,9 +296,9 @@ mod tests {
             let len = rng.below(SHORT as u64 + 1) as usize;
             let line: Vec<u8> = (0..len).map(|i| b'a' + ((k + i) % 26) as u8).collect();
             if rng.below(4) == 0 {
-                o.append(&line);
+                o.append(&line, true);
             } else {
-                o.append_short(&block(&line), len);
+                o.append_short(&block(&line), len, true);
             }
             want.extend_from_slice(&line);
             if o.pending() > WRITE_AT - SHORT {
@@ -275,7 +312,7 @@ mod tests {
     #[test]
     fn capacity_is_kept_for_ordinary_turns_and_released_after_bursts() {
         let mut o = OutBuf::default();
-        o.append(&vec![b'x'; 1 << 20]);
+        o.append(&vec![b'x'; 1 << 20], true);
         o.shrink_idle(1024);
         assert!(o.buf.capacity() >= 1 << 20, "never while bytes are pending");
         let mut s = Sink {
@@ -283,10 +320,10 @@ mod tests {
             room: usize::MAX,
             writes: 0,
         };
-        o.append(&[b'x'; 1000]);
+        o.append(&[b'x'; 1000], true);
         o.write_to(&mut s).unwrap();
         assert_eq!(o.buf.capacity(), 0, "a burst's capacity goes when drained");
-        o.append(&[b'x'; 10_000]);
+        o.append(&[b'x'; 10_000], true);
         o.write_to(&mut s).unwrap();
         assert!(
             o.buf.capacity() >= 10_000,
@@ -294,7 +331,7 @@ mod tests {
         );
         o.shrink_idle(1024);
         assert_eq!(o.buf.capacity(), 0, "until an idle shrink");
-        o.append(b"1|B\r\n");
+        o.append(b"1|B\r\n", true);
         o.shrink_idle(0);
         assert_eq!(o.pending(), 5);
     }

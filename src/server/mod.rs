@@ -71,8 +71,12 @@ const TRIM_AFTER: usize = 1 << 20;
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// Write buffer capacity an idle connection keeps through a release.
 const KEEP_CAPACITY: usize = 16 * 1024;
-/// Connections written per flush (one loop turn); the rest wait for the next turn.
-const FLUSH_BATCH: usize = 1024;
+/// Connections written per flush (one loop turn); the rest wait for the next turn. With
+/// more clients dirty than this (a broadcast to 10,000), a turn appends `NOTE_BUDGET`
+/// notifications and writes this many clients, so a write carries about
+/// `NOTE_BUDGET / FLUSH_BATCH` notifications (or what `--total-buffer-limit` leaves room
+/// for): 512, not 1,024, halves 10k-clients' writes (docs/performance.md, session 9).
+const FLUSH_BATCH: usize = 512;
 /// Connections accepted per listener per loop turn; the rest wait for the next turn.
 const ACCEPT_BATCH: usize = 256;
 /// A loop turn longer than this is logged at debug level, with what it had to do.

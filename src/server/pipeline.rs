@@ -334,6 +334,9 @@ impl Server {
             }
         };
         let limit = self.cfg.client_buffer_limit;
+        // Buffers grow straight to `WRITE_AT` only while every client's would fit in the
+        // total limit (outbuf.rs, `grow`).
+        let straight = self.clients * (WRITE_AT + SHORT) <= self.cfg.total_buffer_limit;
         for i in 0..self.recipients.len() {
             let key = self.recipients[i];
             let Some(conn) = self.conns.get_mut(key) else {
@@ -357,8 +360,8 @@ impl Server {
                 self.with_output += 1;
             }
             match short {
-                Some(block) => conn.out.append_short(block, note.len()),
-                None => conn.out.append(note),
+                Some(block) => conn.out.append_short(block, note.len(), straight),
+                None => conn.out.append(note, straight),
             }
             self.pending_total += note.len();
             self.stats.notifications += 1;
