@@ -22,6 +22,12 @@ pub const WRITE_AT: usize = 12 * 1024;
 /// What [`OutBuf::append_short`] copies, whatever the length committed.
 pub const SHORT: usize = 32;
 
+/// Whether buffers may grow straight to `WRITE_AT` (see [`OutBuf::grow`]): only while
+/// `clients` buffers of that size fit in `total_limit` (`--total-buffer-limit`).
+pub fn grows_straight(clients: usize, total_limit: usize) -> bool {
+    clients.saturating_mul(WRITE_AT + SHORT) <= total_limit
+}
+
 /// Bytes waiting to be written, with a consumed-prefix cursor.
 #[derive(Default)]
 pub struct OutBuf {
@@ -256,6 +262,18 @@ mod tests {
             o.append(&vec![b'x'; WRITE_AT + 1], straight);
             assert_eq!(o.pending(), WRITE_AT + 1, "a long first append fits whole");
         }
+    }
+
+    /// At the default 16 MiB total limit, up to 1,361 clients; none past the limit.
+    #[test]
+    fn buffers_grow_straight_while_every_clients_write_size_fits_the_total_limit() {
+        let limit = 16 << 20;
+        assert!(grows_straight(0, limit));
+        assert!(grows_straight(1361, limit));
+        assert!(!grows_straight(1362, limit));
+        assert!(!grows_straight(1, WRITE_AT));
+        assert!(grows_straight(1, WRITE_AT + SHORT));
+        assert!(!grows_straight(usize::MAX, usize::MAX - 1));
     }
 
     /// A buffer written at a few KiB (a client among 10,000) keeps a few KiB, not

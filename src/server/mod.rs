@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::conn::{self, Conn, ConnRef, Filled, Role};
 use crate::event::{self, Event, Kind, Malformed, ParseError, MAX_RENDERED};
 use crate::lines::{Line, LineSplitter};
-use crate::outbuf::{SHORT, WRITE_AT};
+use crate::outbuf::{self, SHORT, WRITE_AT};
 use crate::router::Router;
 use crate::stats::{Counters, Warn, WarnLimiter};
 use crate::warn_limited;

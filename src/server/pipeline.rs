@@ -334,9 +334,7 @@ impl Server {
             }
         };
         let limit = self.cfg.client_buffer_limit;
-        // Buffers grow straight to `WRITE_AT` only while every client's would fit in the
-        // total limit (outbuf.rs, `grow`).
-        let straight = self.clients * (WRITE_AT + SHORT) <= self.cfg.total_buffer_limit;
+        let straight = outbuf::grows_straight(self.clients, self.cfg.total_buffer_limit);
         for i in 0..self.recipients.len() {
             let key = self.recipients[i];
             let Some(conn) = self.conns.get_mut(key) else {
