@@ -9,9 +9,10 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// Rounds are interleaved: the floors (full speed and paced) and our server alternate, so each multiple of the
-/// floor is taken between neighbouring runs (all floor runs first once read 4.1x where
-/// interleaved runs read 3.1-3.3x, the machine's load having changed between them).
+/// Rounds are interleaved: the floors (full speed and paced) and our server alternate, so
+/// each multiple of the floor is taken between neighbouring runs (all floor runs first once
+/// read 4.1x where interleaved runs read 3.1-3.3x, the machine's load having changed
+/// between them).
 #[test]
 fn runs_are_interleaved_round_by_round() {
     let bin = Path::new(env!("CARGO_BIN_EXE_maze-sim")).parent().unwrap();
