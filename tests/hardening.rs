@@ -613,3 +613,28 @@ fn an_event_held_under_backpressure_is_counted_as_waiting() {
     assert_eq!(count("events_in"), accounted + count("waiting"), "{log}");
     drop(writer);
 }
+
+/// Found by a fresh-eyes attack (session 9): a turn's work was bounded in notifications,
+/// not bytes, so 1 KB notifications made turns of up to 128 MiB (230 ms with 1,000
+/// clients). Now a turn ends once it has appended its output budget.
+#[test]
+fn a_turn_appends_at_most_its_output_budget_however_long_the_notifications() {
+    let s = Server::start(&[]);
+    let users: Vec<u64> = (1..=100).collect();
+    let mut cs = clients(&s, &users);
+    let mut src = s.source();
+    // Seqs zero-padded to 1,000 digits: valid, and delivered as read (1,006 bytes each).
+    let lines: Vec<String> = (1..=200).map(|q| format!("{q:0>1000}|B")).collect();
+    send_lines(&mut src, &lines);
+    for c in &mut cs {
+        assert_eq!(c.read_lines(200), lines);
+    }
+    let (_, log) = s.terminate();
+    let most = final_counter(&log, "most_turn_bytes");
+    let one_event = 100 * 1006;
+    assert!(most > 0, "{log}");
+    assert!(
+        most <= (4 << 20) + one_event,
+        "{most} bytes in one turn: {log}"
+    );
+}

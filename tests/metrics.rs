@@ -81,6 +81,7 @@ fn a_scrape_shows_every_counter_as_the_final_stats_line_prints_it() {
         }
         let metric = match name {
             "waiting" => "follower_maze_window_waiting".to_string(), // a gauge
+            "most_turn_bytes" => "follower_maze_most_turn_bytes".to_string(), // a gauge
             _ => format!("follower_maze_{name}_total"),
         };
         assert_eq!(

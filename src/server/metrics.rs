@@ -183,7 +183,7 @@ impl Server {
             let _ = writeln!(out, "follower_maze_{name}_total {value}");
         }
         let (rss, fds) = (resident_bytes(), open_fds());
-        let gauges: [(&str, &str, u64); 13] = [
+        let gauges: [(&str, &str, u64); 14] = [
             (
                 "clients",
                 "identified client connections",
@@ -234,6 +234,11 @@ impl Server {
                 "longest_turn_microseconds",
                 "longest loop turn since start",
                 self.longest_turn_ever.as_micros() as u64,
+            ),
+            (
+                "most_turn_bytes",
+                "most notification bytes one loop turn appended, since start",
+                self.most_turn_bytes,
             ),
             ("resident_memory_bytes", "resident set size", rss),
             ("open_fds", "open file descriptors", fds),

@@ -40,8 +40,12 @@ impl Server {
         let mut budget = READ_BUDGET;
         let mut pops = 0;
         let notes_by = self.stats.notifications + NOTE_BUDGET;
+        let bytes_by = self.appended + OUTPUT_BUDGET;
         while !self.paused() {
-            if pops == POP_BUDGET || self.stats.notifications >= notes_by {
+            if pops == POP_BUDGET
+                || self.stats.notifications >= notes_by
+                || self.appended >= bytes_by
+            {
                 // A skip or a session end can release a million waiting events at once, and
                 // a broadcast reaches every client: the work goes out over several turns,
                 // not in one long one.
@@ -375,6 +379,7 @@ impl Server {
                 });
             }
         }
+        self.appended += (note.len() * self.recipients.len()) as u64;
         self.note = scratch;
     }
 
