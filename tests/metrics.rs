@@ -154,3 +154,42 @@ fn malformed_slow_and_never_reading_scrapers_hold_nothing() {
     assert_eq!(get(addr, "/healthz").0, 200);
     drop(idle);
 }
+
+/// Found by a fresh-eyes attack (session 9): after a burst each idle client kept up to 16
+/// KiB of write buffer, so 10,000 clients held 58.7 MiB against a 4.5 MiB baseline. Idle
+/// buffers now keep, together, at most an eighth of `--total-buffer-limit`.
+#[test]
+fn after_a_burst_idle_buffers_keep_at_most_their_share_of_the_total_limit() {
+    let total_limit = 2 << 20;
+    let s = Server::start(&[
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--total-buffer-limit",
+        &total_limit.to_string(),
+    ]);
+    let addr = metrics_addr(&s);
+    // 100 clients: each buffer grows to the 12 KiB write size (100 of them fit in the
+    // limit), 1.2 MB in all, against an allowance of 256 KiB.
+    let users: Vec<u64> = (1..=100).collect();
+    let mut cs = clients(&s, &users);
+    let mut src = s.source();
+    // Seqs zero-padded to 1,000 digits: 1,006-byte notifications, 30 per client.
+    let lines: Vec<String> = (1..=30).map(|q| format!("{q:0>1000}|B")).collect();
+    send_lines(&mut src, &lines);
+    for c in &mut cs {
+        assert_eq!(c.read_lines(30), lines);
+    }
+    // Released at most once a second, once the pending output has drained.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = scrape(addr)["follower_maze_output_buffer_bytes"];
+        if held <= (total_limit / 8) as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "idle buffers still hold {held} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

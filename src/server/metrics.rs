@@ -183,7 +183,7 @@ impl Server {
             let _ = writeln!(out, "follower_maze_{name}_total {value}");
         }
         let (rss, fds) = (resident_bytes(), open_fds());
-        let gauges: [(&str, &str, u64); 14] = [
+        let gauges: [(&str, &str, u64); 15] = [
             (
                 "clients",
                 "identified client connections",
@@ -239,6 +239,14 @@ impl Server {
                 "most_turn_bytes",
                 "most notification bytes one loop turn appended, since start",
                 self.most_turn_bytes,
+            ),
+            (
+                "output_buffer_bytes",
+                "write buffer capacity held by connections, pending output or not",
+                self.conns
+                    .iter()
+                    .map(|(_, c)| c.out.capacity() as u64)
+                    .sum(),
             ),
             ("resident_memory_bytes", "resident set size", rss),
             ("open_fds", "open file descriptors", fds),

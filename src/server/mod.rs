@@ -73,8 +73,6 @@ const INITIAL_WINDOW: usize = 64;
 const TRIM_AFTER: usize = 1 << 20;
 /// At most one such release per this.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
-/// Write buffer capacity an idle connection keeps through a release.
-const KEEP_CAPACITY: usize = 16 * 1024;
 /// Connections written per flush (one loop turn); the rest wait for the next turn. With
 /// more clients dirty than this (a broadcast to 10,000), a turn appends `NOTE_BUDGET`
 /// notifications and writes this many clients, so a write carries about
@@ -523,6 +521,10 @@ impl Server {
                 conn.blocked = n < offered;
                 if conn.out.pending() == 0 {
                     self.with_output -= 1;
+                    // Capacity an idle buffer will not keep: released at the next trim,
+                    // burst or not.
+                    let keep = outbuf::idle_keep(self.clients, self.cfg.total_buffer_limit);
+                    self.trim_wanted |= conn.out.capacity() > keep;
                 }
                 if conn.over_limit && conn.out.pending() <= self.cfg.client_buffer_limit {
                     conn.over_limit = false;

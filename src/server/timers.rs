@@ -36,8 +36,9 @@ impl Server {
             {
                 self.trim_wanted = false;
                 self.last_trim = now;
+                let keep = outbuf::idle_keep(self.clients, self.cfg.total_buffer_limit);
                 for (_, conn) in self.conns.iter_mut() {
-                    conn.out.shrink_idle(KEEP_CAPACITY);
+                    conn.out.shrink_idle(keep);
                 }
                 release_freed_memory();
             }
