@@ -30,17 +30,16 @@ impl Server {
             if self.deadlines_pending() {
                 self.check_timeouts(now);
             }
-            if self.trim_wanted
-                && self.pending_total < TRIM_AFTER / 16
+            let burst_over = self.trim_wanted && self.pending_total < TRIM_AFTER / 16;
+            if (burst_over || self.release_wanted)
                 && now.duration_since(self.last_trim) >= TRIM_EVERY
             {
-                self.trim_wanted = false;
                 self.last_trim = now;
-                let keep = outbuf::idle_keep(self.clients, self.cfg.total_buffer_limit);
-                for (_, conn) in self.conns.iter_mut() {
-                    conn.out.shrink_idle(keep);
+                let released = self.release_idle_buffers(now);
+                if burst_over || released > 0 {
+                    self.trim_wanted = false;
+                    release_freed_memory();
                 }
-                release_freed_memory();
             }
         }
         if let Some(at) = self.next_stats.filter(|&t| now >= t) {
@@ -48,6 +47,27 @@ impl Server {
             self.log_stats();
         }
         self.warns.roll(now);
+    }
+
+    /// Releases the write buffers idle for `RELEASE_IDLE` beyond what an idle buffer
+    /// keeps; `release_wanted` stays set while others are still to go. Returns how many.
+    fn release_idle_buffers(&mut self, now: Instant) -> usize {
+        let keep = outbuf::idle_keep(self.clients, self.cfg.total_buffer_limit);
+        let (mut released, mut waiting) = (0, false);
+        for (_, conn) in self.conns.iter_mut() {
+            if conn.out.pending() > 0 || conn.out.capacity() <= keep {
+                continue;
+            }
+            // With nothing pending, this is the last write that took bytes.
+            if now.saturating_duration_since(conn.stalled_since) >= RELEASE_IDLE {
+                conn.out.shrink_idle(keep);
+                released += 1;
+            } else {
+                waiting = true;
+            }
+        }
+        self.release_wanted = waiting;
+        released
     }
 
     /// Closes connections past their id deadline and clients stalled past the limit.
