@@ -122,6 +122,8 @@ pub struct Server {
     metrics_listener: Option<TcpListener>,
     /// Metrics connections open.
     scrapers: usize,
+    /// What scrapes read from `/proc` and sum over connections, at most once a second.
+    sampled: metrics::Sampled,
     /// The metrics listener stopped at its batch with connections possibly queued.
     scrapes_left: bool,
     // ---- connections (intake.rs accepts and reads them, close/reap here remove them)
@@ -250,6 +252,7 @@ impl Server {
             signals: None,
             metrics_listener,
             scrapers: 0,
+            sampled: metrics::Sampled::default(),
             scrapes_left: false,
             conns: Slab::new(),
             next_serial: 1,
