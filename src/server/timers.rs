@@ -36,8 +36,9 @@ impl Server {
             {
                 self.last_trim = now;
                 let released = self.release_idle_buffers(now);
+                // A burst still pending elsewhere keeps its own request.
+                self.trim_wanted &= !burst_over;
                 if burst_over || released > 0 {
-                    self.trim_wanted = false;
                     release_freed_memory();
                 }
             }
