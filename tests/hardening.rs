@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{clients, final_counter, never_reader, proc_rss_kib, send_lines, Client, Server};
+use common::{
+    clients, final_counter, long_broadcasts_read_by, never_reader, proc_rss_kib, send_lines,
+    Client, Server,
+};
 use follower_maze::outbuf::WRITE_AT;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -620,15 +623,8 @@ fn an_event_held_under_backpressure_is_counted_as_waiting() {
 #[test]
 fn a_turn_appends_at_most_its_output_budget_however_long_the_notifications() {
     let s = Server::start(&[]);
-    let users: Vec<u64> = (1..=100).collect();
-    let mut cs = clients(&s, &users);
-    let mut src = s.source();
-    // Seqs zero-padded to 1,000 digits: valid, and delivered as read (1,006 bytes each).
-    let lines: Vec<String> = (1..=200).map(|q| format!("{q:0>1000}|B")).collect();
-    send_lines(&mut src, &lines);
-    for c in &mut cs {
-        assert_eq!(c.read_lines(200), lines);
-    }
+    // 100 clients x 200 notifications of 1,006 bytes.
+    let _connected = long_broadcasts_read_by(&s, 100, 200);
     let (_, log) = s.terminate();
     let most = final_counter(&log, "most_turn_bytes");
     let one_event = 100 * 1006;

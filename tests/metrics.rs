@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{clients, send_lines, Server};
+use common::{clients, long_broadcasts_read_by, send_lines, Server};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -169,17 +169,10 @@ fn after_a_burst_idle_buffers_keep_at_most_their_share_of_the_total_limit() {
         &total_limit.to_string(),
     ]);
     let addr = metrics_addr(&s);
-    // 100 clients: each buffer grows to the 12 KiB write size (100 of them fit in the
-    // limit), 1.2 MB in all, against an allowance of 256 KiB.
-    let users: Vec<u64> = (1..=100).collect();
-    let mut cs = clients(&s, &users);
-    let mut src = s.source();
-    // Seqs zero-padded to 1,000 digits: 1,006-byte notifications, 30 per client.
-    let lines: Vec<String> = (1..=30).map(|q| format!("{q:0>1000}|B")).collect();
-    send_lines(&mut src, &lines);
-    for c in &mut cs {
-        assert_eq!(c.read_lines(30), lines);
-    }
+    // 100 clients, 30 notifications of 1,006 bytes each: each buffer grows to the 12 KiB
+    // write size (100 of them fit in the limit), 1.2 MB in all, against an allowance of
+    // 256 KiB.
+    let _connected = long_broadcasts_read_by(&s, 100, 30);
     let read_all = Instant::now();
     let held = scrape(addr)["follower_maze_output_buffer_bytes"];
     if read_all.elapsed() < Duration::from_millis(1500) {

@@ -282,6 +282,22 @@ pub fn never_reader(server: &Server, user: u64) -> TcpStream {
     stream
 }
 
+/// Connects clients for users `1..=users`, sends them `n` broadcasts from a new source, and
+/// reads every one on every client. The seqs are zero-padded to 1,000 digits: valid, and
+/// delivered as read (1,006-byte notifications), so a few events fill a write buffer.
+/// Returns the clients and the source, still connected.
+pub fn long_broadcasts_read_by(server: &Server, users: u64, n: u64) -> (Vec<Client>, TcpStream) {
+    let users: Vec<u64> = (1..=users).collect();
+    let mut cs = clients(server, &users);
+    let mut src = server.source();
+    let lines: Vec<String> = (1..=n).map(|q| format!("{q:0>1000}|B")).collect();
+    send_lines(&mut src, &lines);
+    for c in &mut cs {
+        assert_eq!(c.read_lines(lines.len()), lines);
+    }
+    (cs, src)
+}
+
 /// Connects one client per user and waits until the server has identified them all.
 pub fn clients(server: &Server, users: &[u64]) -> Vec<Client> {
     let before = server.log().matches(" identified as user ").count();
