@@ -112,11 +112,16 @@ impl OutBuf {
         self.buf.capacity()
     }
 
+    /// Empty, and holding more than `keep`: what [`shrink_idle`](Self::shrink_idle) releases.
+    pub fn holds_idle_excess(&self, keep: usize) -> bool {
+        self.pending() == 0 && self.buf.capacity() > keep
+    }
+
     /// Releases the memory of an empty buffer whose capacity exceeds `keep`: after a burst,
     /// an idle connection should not hold on to its peak. (Not done on every drain: a
     /// buffer that fills again next turn would then allocate every turn.)
     pub fn shrink_idle(&mut self, keep: usize) {
-        if self.pending() == 0 && self.buf.capacity() > keep {
+        if self.holds_idle_excess(keep) {
             self.buf = Vec::new();
             self.head = 0;
         }

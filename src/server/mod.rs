@@ -536,7 +536,7 @@ impl Server {
                     // Capacity an idle buffer will not keep, burst or not: released once
                     // idle for `RELEASE_IDLE`.
                     let keep = outbuf::idle_keep(self.clients, self.cfg.total_buffer_limit);
-                    self.release_wanted |= conn.out.capacity() > keep;
+                    self.release_wanted |= conn.out.holds_idle_excess(keep);
                 }
                 if conn.over_limit && conn.out.pending() <= self.cfg.client_buffer_limit {
                     conn.over_limit = false;

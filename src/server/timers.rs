@@ -56,7 +56,7 @@ impl Server {
         let keep = outbuf::idle_keep(self.clients, self.cfg.total_buffer_limit);
         let (mut released, mut waiting) = (0, false);
         for (_, conn) in self.conns.iter_mut() {
-            if conn.out.pending() > 0 || conn.out.capacity() <= keep {
+            if !conn.out.holds_idle_excess(keep) {
                 continue;
             }
             // With nothing pending, this is the last write that took bytes.
