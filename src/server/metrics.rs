@@ -107,8 +107,7 @@ impl Server {
                 }
             }
             if !scrape.answered {
-                self.sample(now);
-                let Some(answer) = self.answer(key) else {
+                let Some(answer) = self.answer(key, now) else {
                     if eof {
                         self.close(key, now); // gone before a whole request
                     }
@@ -125,16 +124,16 @@ impl Server {
         self.send_answer(key, now);
     }
 
-    /// Takes the costly figures again if the last sample is `SAMPLE_EVERY` old.
-    fn sample(&mut self, now: Instant) {
-        if self
-            .sampled
+    /// The costly figures, taken again if the last sample is `SAMPLE_EVERY` old.
+    fn sample(&self, now: Instant) -> Sampled {
+        let last = self.sampled.get();
+        if last
             .at
             .is_some_and(|at| now.saturating_duration_since(at) < SAMPLE_EVERY)
         {
-            return;
+            return last;
         }
-        self.sampled = Sampled {
+        let sample = Sampled {
             at: Some(now),
             rss: resident_bytes(),
             fds: open_fds(),
@@ -144,10 +143,12 @@ impl Server {
                 .map(|(_, c)| c.out.capacity() as u64)
                 .sum(),
         };
+        self.sampled.set(sample);
+        sample
     }
 
     /// The answer to the request in `key`'s buffer, or `None` while it is incomplete.
-    fn answer(&self, key: usize) -> Option<Vec<u8>> {
+    fn answer(&self, key: usize, now: Instant) -> Option<Vec<u8>> {
         let Role::Scraper(scrape) = &self.conns[key].role else {
             return None;
         };
@@ -163,7 +164,7 @@ impl Server {
             ("GET", "/metrics") => response(
                 "200 OK",
                 "Content-Type: text/plain; version=0.0.4\r\n",
-                &self.exposition(),
+                &self.exposition(now),
             ),
             ("GET", "/healthz") if self.accepting() => response("200 OK", "", "ok\n"),
             ("GET", "/healthz") => response("503 Service Unavailable", "", "not accepting\n"),
@@ -198,7 +199,7 @@ impl Server {
     }
 
     /// The Prometheus text exposition of every counter and gauge.
-    fn exposition(&self) -> String {
+    fn exposition(&self, now: Instant) -> String {
         let mut out = String::with_capacity(4096);
         for (name, value) in self.stats.fields() {
             let _ = writeln!(out, "# TYPE follower_maze_{name}_total counter");
@@ -206,7 +207,7 @@ impl Server {
         }
         let Sampled {
             rss, fds, buffers, ..
-        } = self.sampled;
+        } = self.sample(now);
         let gauges: [(&str, &str, u64); 15] = [
             (
                 "clients",
@@ -297,7 +298,7 @@ fn response(status: &str, headers: &str, body: &str) -> Vec<u8> {
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// The costly figures of the last sample (see `SAMPLE_EVERY`).
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 pub(super) struct Sampled {
     at: Option<Instant>,
     rss: u64,

@@ -122,8 +122,9 @@ pub struct Server {
     metrics_listener: Option<TcpListener>,
     /// Metrics connections open.
     scrapers: usize,
-    /// What scrapes read from `/proc` and sum over connections, at most once a second.
-    sampled: metrics::Sampled,
+    /// What scrapes of `/metrics` read from `/proc` and sum over connections, at most once
+    /// a second (taken while answering, which borrows the server).
+    sampled: std::cell::Cell<metrics::Sampled>,
     /// The metrics listener stopped at its batch with connections possibly queued.
     scrapes_left: bool,
     // ---- connections (intake.rs accepts and reads them, close/reap here remove them)
@@ -252,7 +253,7 @@ impl Server {
             signals: None,
             metrics_listener,
             scrapers: 0,
-            sampled: metrics::Sampled::default(),
+            sampled: Default::default(),
             scrapes_left: false,
             conns: Slab::new(),
             next_serial: 1,
