@@ -221,13 +221,15 @@ for run in $(seq 1 "$RUNS"); do
       notes=$(field notifications "$summary")
       nps=$(awk -v n="$notes" -v t="$elapsed" 'BEGIN { if (t > 0) printf "%.0f", n / t; else print "-" }')
       result=$(field result "$summary")
-      cpu=$(field server_cpu_s "$summary")
+      # The cell as printed; `cpu` the value, "-" when it is not a number.
+      cpu_cell=$(cell server_cpu_s "$summary")
+      cpu=$cpu_cell
       # A run whose server CPU could not be read measured nothing: not a pass.
       [[ "$cpu" =~ ^[0-9.]+$ ]] || { result="fail(no-server-cpu)"; cpu=-; }
       # The goals' units: the share of a core over the run, and CPU per notification.
       share=$(awk -v c="$cpu" -v t="$elapsed" 'BEGIN { if (c != "-" && t > 0) printf "%.2f", c / t; else print "-" }')
       ns_note=$(awk -v c="$cpu" -v n="$notes" 'BEGIN { if (c != "-" && n > 0) printf "%.0f", c * 1e9 / n; else print "-" }')
-      r=("$server_name" "$w" "$run" "$(cell events_per_s "$summary")" "$nps" "$(cell server_cpu_s "$summary")" "$share" "$ns_note" \
+      r=("$server_name" "$w" "$run" "$(cell events_per_s "$summary")" "$nps" "$cpu_cell" "$share" "$ns_note" \
          "$(cell server_peak_rss_kib "$summary")" "$(cell sim_cpu_s "$summary")" \
          "$(cell latency_p50_us "$summary")" "$(cell latency_p99_us "$summary")" \
          "$(cell latency_p999_us "$summary")" "$(cell latency_max_us "$summary")" "$result")
